@@ -1,0 +1,315 @@
+"""Validated run configuration: one model per component, field descriptions double as docs.
+
+A config is a YAML file; ``extends:`` (a path or a list of paths, relative to the file) merges
+other files underneath it, presets (``--preset``) merge on top, and ``key.path=value`` overrides
+from the command line come last. A wrong key, type or value fails at start-up naming the key,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlvr_lab.models.tiny import TinyModelConfig
+from rlvr_lab.objectives.kl import KL_KINDS
+from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, AGGREGATORS, POLICY_LOSSES
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", description="Run name; the run directory is output_dir/name.")
+    output_dir: str = Field("runs", description="Parent folder of run directories.")
+    seed: int = Field(0, description="Seed for model init, data order and sampling.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to run; auto picks cuda when present.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: leave torch's default).")
+    overwrite: bool = Field(False, description="Allow writing into an existing run directory.")
+
+
+class ModelConfig(_Strict):
+    source: str = Field(
+        "tiny",
+        description="'tiny' (built from `tiny`), 'smollm2-135m-instruct' (packaged GGUF), a .gguf file or a local HF directory.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the tiny model.")
+    use_chat_template: bool = Field(True, description="Render prompts with the tokenizer's chat template.")
+    system_prompt: str | None = Field(None, description="Optional system message.")
+
+
+class TaskConfig(_Strict):
+    kind: Literal["reasoning_gym"] = Field("reasoning_gym", description="Where prompts and verifiers come from.")
+    name: str = Field("chain_sum", description="reasoning-gym task name.")
+    config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options for the task.")
+    train_size: int = Field(10_000, ge=1, description="Training prompts (cycled).")
+    eval_size: int = Field(200, ge=1, description="Held-out prompts (a different seed than training).")
+    seed: int = Field(1, description="Dataset seed; the held-out split uses seed + 1_000_003.")
+    instruction: str = Field(
+        "",
+        description="Text appended to each question (e.g. how to format the answer); empty for none.",
+    )
+    answer_fallback: Literal["none", "last_number", "boxed", "last_line", "full"] = Field(
+        "none", description="How to find the answer when there is no <answer> tag."
+    )
+    format_weight: float = Field(0.0, ge=0, description="Weight of the format reward added to correctness.")
+    verifier_timeout_s: float = Field(5.0, gt=0, description="Per-response time limit of the verifier.")
+
+
+class RolloutConfig(_Strict):
+    backend: Literal["auto", "native", "hf"] = Field("auto", description="Sampler path; auto uses the native KV-cache decoder when supported.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
+    top_k: int = Field(0, ge=0, description="Top-k filter (0: off).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus filter (1: off).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response in tokens.")
+    stop_strings: list[str] = Field(default_factory=lambda: ["</answer>"], description="Stop after any of these.")
+
+
+class NamedComponent(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword hyperparameters of the component.")
+
+
+class KLConfig(_Strict):
+    coef: float = Field(0.0, ge=0, description="Weight of the KL-to-reference loss (0: no reference model).")
+    kind: str = Field("k3", description=f"Estimator: one of {', '.join(KL_KINDS)}.")
+    clamp: float | None = Field(10.0, gt=0, description="Clamp of the per-token estimate.")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KL_KINDS:
+            raise ValueError(f"unknown KL estimator {v!r}; allowed: {', '.join(KL_KINDS)}")
+        return v
+
+
+class OverlongConfig(_Strict):
+    max_len: int = Field(..., ge=1, description="L_max: length that gets the full penalty.")
+    cache_len: int = Field(..., ge=1, description="L_cache: length of the linear ramp before L_max.")
+    factor: float = Field(1.0, ge=0, description="Penalty at L_max.")
+
+
+class DynamicSamplingConfig(_Strict):
+    enabled: bool = Field(False, description="Drop all-equal groups and sample more prompts (DAPO).")
+    max_gen_batches: int = Field(10, description="Most generation rounds per step (<= 0: unlimited).")
+
+
+class AlgorithmConfig(_Strict):
+    advantage: NamedComponent = Field(default_factory=lambda: NamedComponent(name="grpo"))
+    policy_loss: NamedComponent = Field(
+        default_factory=lambda: NamedComponent(name="ppo_clip", params={"clip_low": 0.2, "clip_high": 0.2})
+    )
+    aggregation: str = Field("token-mean", description=f"Loss reduction; one of the registered modes.")
+    t_norm: int | None = Field(None, ge=1, description="T_norm of seq-mean-token-sum-norm (default: rollout.max_new_tokens).")
+    global_normalization: bool = Field(True, description="Normalise by whole-mini-batch counts (exact under micro-batching).")
+    exclude_empty_sequences: bool = Field(False, description="Leave empty responses out of B in seq-mean modes.")
+    legacy_no_batch_norm: bool = Field(False, description="seq-mean-token-sum-norm without 1/B (verl <= 0.8, SPEAR).")
+    kl: KLConfig = Field(default_factory=KLConfig)
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
+    overlong: OverlongConfig | None = Field(None, description="DAPO soft overlong punishment (None: off).")
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> AlgorithmConfig:
+        for field_name, registry in (("advantage", ADVANTAGE_ESTIMATORS), ("policy_loss", POLICY_LOSSES)):
+            comp: NamedComponent = getattr(self, field_name)
+            entry = registry.entry(comp.name)
+            entry.check_params(comp.params, where=f"algorithm.{field_name}.params")
+        AGGREGATORS.entry(self.aggregation)
+        return self
+
+    @property
+    def effective_aggregation(self) -> str:
+        """The policy loss may force its own mode (GSPO: seq-mean-token-mean)."""
+        return POLICY_LOSSES.entry(self.policy_loss.name).meta.get("aggregation", self.aggregation)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.99))
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Decay after warmup.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm (None: off).")
+
+
+class SFTConfig(_Strict):
+    steps: int = Field(0, ge=0, description="Supervised warm-start steps before RL (0: skip).")
+    batch_size: int = Field(32, ge=1)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine"))
+    target_template: str = Field("<answer>{answer}</answer>", description="Supervised response; {answer} is the reference.")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(50, ge=0, description="RL steps (one rollout batch each).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts P per rollout batch.")
+    group_size: int = Field(8, ge=1, description="Responses G per prompt.")
+    minibatches: int = Field(1, ge=1, description="Optimiser steps per rollout batch (off-policy after the first).")
+    epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
+    micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="Save every N RL steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many periodic checkpoints to keep.")
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> TrainConfig:
+        batch = self.prompts_per_step * self.group_size
+        if batch % self.minibatches:
+            raise ValueError(
+                f"prompts_per_step*group_size={batch} must be divisible by minibatches={self.minibatches}"
+            )
+        return self
+
+
+class EvalConfig(_Strict):
+    enabled: bool = Field(True, description="Evaluate before and after RL.")
+    every: int = Field(0, ge=0, description="Also evaluate every N RL steps (0: only before/after).")
+    samples: int = Field(8, ge=1, description="Samples per prompt n for pass@k.")
+    k: list[int] = Field(default_factory=lambda: [1, 8], description="k values for unbiased pass@k (each <= samples).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for pass@k.")
+    greedy: bool = Field(True, description="Also measure greedy accuracy.")
+
+    @model_validator(mode="after")
+    def _check_k(self) -> EvalConfig:
+        bad = [k for k in self.k if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(f"k values {bad} must be between 1 and samples={self.samples}")
+        return self
+
+
+class Config(_Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``; nested mappings merge, everything else replaces.
+
+    A mapping that names a different component (``name:`` differs) replaces the old one whole,
+    so a preset switching the policy loss does not inherit the previous loss's parameters.
+    """
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        old = out.get(key)
+        renamed = isinstance(value, dict) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name")
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config 'extends' cycle: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    parents = data.pop("extends", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = deep_merge(merged, _read_yaml(path.parent / parent, seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value parsed as YAML, so 3 is an int and [1,2] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    top: Any = value
+    for part in reversed(path):
+        top = {part: top}
+    return deep_merge(data, top)
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key (value {err['input']!r})")
+        else:
+            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _suggest_unknown_keys(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Name the valid keys next to each unknown one."""
+    hints = []
+    for key, value in data.items():
+        fields = model.model_fields
+        if key not in fields:
+            hints.append(f"  {prefix}{key}: allowed keys are {', '.join(fields)}")
+            continue
+        annotation = fields[key].annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            hints.extend(_suggest_unknown_keys(value, annotation, f"{prefix}{key}."))
+    return hints
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        message = _format_validation_error(exc)
+        hints = _suggest_unknown_keys(data, Config)
+        if hints:
+            message += "\n" + "\n".join(hints)
+        raise ConfigError(message) from None
+    except ValueError as exc:  # registry errors raised inside validators
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
+def load_config(path: str | Path | None, *, presets: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+    """Read ``path`` (or the defaults), merge presets on top, apply ``key=value`` overrides, validate."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for preset in presets:
+        data = deep_merge(data, _read_yaml(Path(preset)))
+    for text in overrides:
+        keys, value = parse_override(text)
+        data = apply_override(data, keys, value)
+    return build_config(data)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

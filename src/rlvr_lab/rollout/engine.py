@@ -1,0 +1,214 @@
+"""The batched sampling engine: prompts in, a :class:`~rlvr_lab.types.Generation` out.
+
+Every response token is marked *sampled* (by the policy) or *forced* (injected by an
+environment); the trainer derives ``loss_mask`` from that mark alone. Sequences that finish
+early are dropped from the batch as it runs, so the others do not pay for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rlvr_lab.rollout.native import KVCache, NativeDecoder, native_supported
+from rlvr_lab.rollout.sampling import SamplingParams, sample_next
+from rlvr_lab.types import Generation
+
+# Compact the batch when at most this share of its rows is still running.
+COMPACT_AT = 0.75
+
+
+class _HFCache:
+    """The generic path's cache: a transformers ``DynamicCache`` plus which key slots are real."""
+
+    def __init__(self, batch: int, max_len: int, device):
+        from transformers import DynamicCache
+
+        self.kv = DynamicCache()
+        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.kv.batch_select_indices(rows)
+        self.key_valid = self.key_valid.index_select(0, rows)
+
+
+class HFDecoder:
+    """Any causal LM through its own ``forward`` with a KV cache (slower, fully general)."""
+
+    def __init__(self, model):
+        import inspect
+
+        self.model = model
+        # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def new_cache(self, batch: int, max_len: int) -> _HFCache:
+        return _HFCache(batch, max_len, self.model.device)
+
+    def _logits(self, ids, positions, cache: _HFCache, end: int) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=cache.key_valid[:, :end].long(),
+            position_ids=positions,
+            use_cache=True,
+            **{self.cache_arg: cache.kv},
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids, prompt_mask, cache: _HFCache) -> torch.Tensor:
+        cache.key_valid[:, : prompt_ids.shape[1]] = prompt_mask
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self._logits(prompt_ids, positions, cache, prompt_ids.shape[1])
+
+    @torch.inference_mode()
+    def step(self, tokens, positions, cache: _HFCache, column: int) -> torch.Tensor:
+        cache.key_valid[:, column] = True
+        return self._logits(tokens.unsqueeze(-1), positions.unsqueeze(-1), cache, column + 1)
+
+
+class _StopChecker:
+    """End-of-sequence ids and stop strings (checked on the decoded tail of each sequence)."""
+
+    def __init__(self, tokenizer, eos_ids: Sequence[int], stop_strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        self.stop_strings = tuple(stop_strings)
+        # A stop string needs at most one token per character (+1 for a token that straddles it).
+        self.window = max((len(s) for s in self.stop_strings), default=0) + 1
+
+    def done(self, tokens: torch.Tensor, history: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """tokens (N,) just sampled for original ``rows`` (N,); history (B, T) all sampled ids."""
+        done = torch.isin(tokens, self.eos.to(tokens.device))
+        if self.stop_strings:
+            lo = max(0, step + 1 - self.window)
+            for j in (~done).nonzero().flatten().tolist():
+                tail = self.tokenizer.decode(history[rows[j], lo : step + 1].tolist())
+                if any(s in tail for s in self.stop_strings):
+                    done[j] = True
+        return done
+
+    def cut(self, text: str) -> str:
+        """Cut decoded text just after the first stop string."""
+        ends = [text.find(s) + len(s) for s in self.stop_strings if s in text]
+        return text[: min(ends)] if ends else text
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the tokenizer and the model's generation config (which may list several)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    extra = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if isinstance(extra, int):
+        ids.append(extra)
+    elif extra:
+        ids.extend(int(i) for i in extra)
+    return sorted(set(ids))
+
+
+class RolloutEngine:
+    """Batched sampling with a KV cache for one model and tokenizer.
+
+    The native decoder (preallocated cache, lean forward) is used for Llama-family models; any
+    other causal LM goes through its own ``forward``. ``backend="hf"`` forces the generic path.
+    """
+
+    def __init__(self, model, tokenizer, *, backend: str = "auto"):
+        if backend not in ("auto", "native", "hf"):
+            raise ValueError(f"backend must be 'auto', 'native' or 'hf', got {backend!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        use_native = backend == "native" or (backend == "auto" and native_supported(model))
+        self.decoder = NativeDecoder(model) if use_native else HFDecoder(model)
+        self.backend = "native" if use_native else "hf"
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = eos_token_ids(model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of already-rendered prompt strings (chat templates applied by the caller)."""
+        return [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+
+    def generate_text(self, prompts: Sequence[str], params: SamplingParams, *, seed: int = 0) -> Generation:
+        return self.generate(self.encode(prompts), params, seed=seed)
+
+    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        lp = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), lp), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(prompts), lp, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            ids[i, lp - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            mask[i, lp - len(p) :] = True
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0) -> Generation:
+        """Sample one continuation per prompt (repeat a prompt G times for a group).
+
+        Reproducible: the same prompts, parameters and seed give the same tokens.
+        """
+        prompt_ids, prompt_mask = self._left_pad(prompts)
+        B, Lp = prompt_ids.shape
+        T = params.max_new_tokens
+        max_pos = getattr(self.model.config, "max_position_embeddings", None)
+        if max_pos is not None and Lp + T > max_pos:
+            raise ValueError(f"prompt ({Lp}) + max_new_tokens ({T}) exceeds the model's {max_pos} positions")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        stopper = _StopChecker(self.tokenizer, self.eos_ids, params.stop_strings)
+
+        out_ids = torch.full((B, T), self.pad_id, dtype=torch.long, device=self.device)
+        out_logp = torch.zeros(B, T, dtype=torch.float32, device=self.device)
+        out_valid = torch.zeros(B, T, dtype=torch.bool, device=self.device)
+        truncated = torch.ones(B, dtype=torch.bool, device=self.device)
+
+        cache: KVCache | _HFCache = self.decoder.new_cache(B, Lp + T)
+        logits = self.decoder.prefill(prompt_ids, prompt_mask, cache)
+        rows = torch.arange(B, device=self.device)  # original row of each cache row
+        alive = torch.ones(B, dtype=torch.bool, device=self.device)
+        positions = prompt_mask.sum(-1)  # (B,) next position of each row
+        for step in range(T):
+            tokens, logp = sample_next(logits, params, generator)
+            live = alive.nonzero().flatten()
+            r = rows[live]
+            out_ids[r, step] = tokens[live]
+            out_logp[r, step] = logp[live]
+            out_valid[r, step] = True
+            done = stopper.done(tokens[live], out_ids, r, step)
+            truncated[r[done]] = False
+            alive[live[done]] = False
+            n_alive = int(alive.sum())
+            if n_alive == 0 or step == T - 1:
+                break
+            if n_alive <= COMPACT_AT * alive.numel():
+                keep = alive.nonzero().flatten()
+                cache.select(keep)
+                rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
+                alive = torch.ones(n_alive, dtype=torch.bool, device=self.device)
+            logits = self.decoder.step(tokens, positions, cache, Lp + step)
+            positions = positions + 1
+
+        width = int(out_valid.sum(-1).max())
+        out_ids, out_logp, out_valid = out_ids[:, :width], out_logp[:, :width], out_valid[:, :width]
+        texts = [
+            stopper.cut(self.tokenizer.decode(out_ids[i][out_valid[i]].tolist(), skip_special_tokens=True))
+            for i in range(B)
+        ]
+        return Generation(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=out_ids,
+            response_mask=out_valid,
+            sampled_mask=out_valid.clone(),
+            sampler_logprobs=out_logp,
+            truncated=truncated,
+            texts=texts,
+        )

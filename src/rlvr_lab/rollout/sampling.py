@@ -1,0 +1,85 @@
+"""Next-token sampling from a batch of logits: temperature, top-k, top-p, greedy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token.
+
+    ``temperature == 0`` is greedy decoding. ``top_k == 0`` and ``top_p == 1`` disable those filters.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str) or any(not isinstance(x, str) or not x for x in self.stop_strings):
+            raise ValueError(f"stop_strings must be a sequence of non-empty strings, got {self.stop_strings!r}")
+        for name in ("top_k", "max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if not math.isfinite(self.temperature) or not math.isfinite(self.top_p):
+            raise ValueError(f"temperature and top_p must be finite, got {self.temperature}, {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Log-probs of the distribution actually sampled from, (N, V) float32 -> (N, V) float32.
+
+    Temperature scaling, then top-k, then top-p (nucleus) renormalisation; filtered tokens get -inf.
+    """
+    x = logits.float()
+    if params.temperature not in (0.0, 1.0):
+        x = x / params.temperature
+    if params.top_k and params.top_k < x.shape[-1]:
+        kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]  # (N, 1)
+        x = x.masked_fill(x < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        # drop a token when the mass strictly before it already reaches top_p (the first token always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(x, dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row.
+
+    Args:
+        logits: (N, V) next-token logits.
+    Returns:
+        tokens (N,) long and their log-probs (N,) float32 under the sampling distribution (for
+        greedy decoding: under the unscaled model distribution).
+    """
+    if params.greedy:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tokens = logp.argmax(dim=-1)
+    else:
+        logp = filtered_logprobs(logits, params)
+        tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,337 @@
+"""The native trainer: supervised warm-start, then GRPO-family RL, on one machine.
+
+``Trainer.run`` reads as the algorithm: for each step, roll out a group of responses per prompt,
+score them, compute advantages, recompute old (and reference) log-probs, update the policy in
+mini-batches, log, evaluate and checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvr_lab.config import Config, dump_config
+from rlvr_lab.envs import SingleTurnEnv, split_train_eval, task_rubric
+from rlvr_lab.eval.evaluate import evaluate
+from rlvr_lab.models import load_model_and_tokenizer
+from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS, broadcast_to_tokens, informative_groups, overlong_penalty
+from rlvr_lab.rewards import summarize_scores
+from rlvr_lab.rollout.engine import RolloutEngine
+from rlvr_lab.rollout.sampling import SamplingParams
+from rlvr_lab.train.batching import batch_from_generation, concat_batches
+from rlvr_lab.train.checkpoint import MetricsWriter, make_run_dir, prune_checkpoints, save_checkpoint
+from rlvr_lab.train.optim import build_optimizer, build_scheduler
+from rlvr_lab.train.sft import supervised_warmstart
+from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, token_summary
+from rlvr_lab.types import Batch
+
+EVAL_SEED = 12345
+
+
+def pick_device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def loss_spec(cfg: Config) -> LossSpec:
+    algo = cfg.algorithm
+    return LossSpec(
+        policy_loss=algo.policy_loss.name,
+        policy_params=dict(algo.policy_loss.params),
+        aggregation=algo.effective_aggregation,
+        t_norm=float(algo.t_norm or cfg.rollout.max_new_tokens),
+        global_normalization=algo.global_normalization,
+        exclude_empty_sequences=algo.exclude_empty_sequences,
+        legacy_no_batch_norm=algo.legacy_no_batch_norm,
+        kl_coef=algo.kl.coef,
+        kl_kind=algo.kl.kind,
+        kl_clamp=algo.kl.clamp,
+        entropy_coef=algo.entropy_coef,
+        temperature=cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0,
+    )
+
+
+@dataclass
+class Rollout:
+    """One step's training data and what was measured while collecting it."""
+
+    batch: Batch | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    sample_texts: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, reporter=None):
+        self.cfg = cfg
+        self.report = reporter or (lambda kind, **kw: None)
+
+    # ---- set-up --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed)
+        self.device = pick_device(cfg.run.device)
+        self.run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, overwrite=cfg.run.overwrite)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        loaded = load_model_and_tokenizer(
+            cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype, device=self.device, seed=cfg.run.seed
+        )
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.train_task, self.eval_task = split_train_eval(
+            cfg.task.name, config=cfg.task.config, train_size=cfg.task.train_size,
+            eval_size=cfg.task.eval_size, seed=cfg.task.seed,
+        )
+        verifier = task_rubric(
+            self.train_task.verifier(fallback=cfg.task.answer_fallback), format_weight=cfg.task.format_weight
+        )
+        self.env = SingleTurnEnv(
+            tokenizer=self.tokenizer, verifier=verifier, instruction=cfg.task.instruction,
+            system_prompt=cfg.model.system_prompt, use_chat_template=cfg.model.use_chat_template,
+            timeout_s=cfg.task.verifier_timeout_s,
+        )
+        # Held-out means held out: training never sees a question that is also in the eval set.
+        eval_questions = set(self.eval_task.questions())
+        self.train_indices = [i for i, q in enumerate(self.train_task.questions()) if q not in eval_questions]
+        if not self.train_indices:
+            raise ValueError("every training question also occurs in the eval set; use a larger task space")
+        self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
+        self.spec = loss_spec(cfg)
+        self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.ref_model = None
+        self.summary: dict[str, Any] = {
+            "run_dir": str(self.run_dir),
+            "model": cfg.model.source,
+            "task": cfg.task.name,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "train_questions_dropped_as_eval_duplicates": len(self.train_task) - len(self.train_indices),
+            "rollout_backend": self.engine.backend,
+        }
+        self.report("setup", summary=self.summary, config=cfg)
+
+    def train_examples(self, n: int, offset: int) -> list[dict[str, Any]]:
+        """``n`` training examples from position ``offset`` on, cycling over the decontaminated set."""
+        idx = self.train_indices
+        return [self.train_task[idx[(offset + i) % len(idx)]] for i in range(n)]
+
+    # ---- stages ----------------------------------------------------------------------------------
+
+    def warm_start(self) -> None:
+        cfg = self.cfg.sft
+        if cfg.steps == 0:
+            return
+        t0 = time.perf_counter()
+
+        def on_step(step: int, record: dict[str, float]) -> None:
+            self.metrics.write({"stage": "sft", "step": step, **record})
+            self.report("sft_step", step=step, total=cfg.steps, record=record)
+
+        history = supervised_warmstart(
+            self.model, self.tokenizer, self.env.render,
+            lambda step, n: self.train_examples(n, step * n),
+            steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim,
+            target_template=cfg.target_template, on_step=on_step,
+        )
+        self.summary["sft"] = {"steps": cfg.steps, "final_loss": history[-1]["sft/loss"],
+                               "seconds": time.perf_counter() - t0}
+
+    def evaluate(self, label: str, step: int) -> dict[str, float]:
+        ecfg, rcfg = self.cfg.eval, self.cfg.rollout
+        t0 = time.perf_counter()
+        self.report("eval_start", label=label)
+        result = evaluate(
+            self.engine, self.env, self.eval_task.examples(len(self.eval_task)),
+            samples=ecfg.samples, ks=ecfg.k, temperature=ecfg.temperature,
+            max_new_tokens=rcfg.max_new_tokens, stop_strings=rcfg.stop_strings,
+            greedy=ecfg.greedy, seed=EVAL_SEED,
+        )
+        result["eval/seconds"] = time.perf_counter() - t0
+        self.metrics.write({"stage": "eval", "label": label, "step": step, **result})
+        self.summary.setdefault("eval", {})[label] = result
+        self.report("eval", label=label, result=result)
+        return result
+
+    def sampling_params(self) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(
+            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+            max_new_tokens=r.max_new_tokens, stop_strings=tuple(r.stop_strings),
+        )
+
+    def rollout_round(self, step: int, round_: int) -> tuple[Batch, torch.Tensor, dict[str, float], list[str]]:
+        """Sample G responses for each of P fresh prompts and score them."""
+        tcfg = self.cfg.train
+        P, G = tcfg.prompts_per_step, tcfg.group_size
+        offset = self.sft_offset + (step * self.rounds_per_step_hint + round_) * P
+        examples = self.train_examples(P, offset)
+        prompt_ids = self.engine.encode([self.env.render(ex) for ex in examples])
+        gen = self.engine.generate(
+            [p for p in prompt_ids for _ in range(G)], self.sampling_params(),
+            seed=self.cfg.run.seed * 1_000_003 + step * 1009 + round_,
+        )
+        repeated = [ex for ex in examples for _ in range(G)]
+        scores = self.env.score(gen.texts, repeated)
+        rewards = torch.tensor([s.value for s in scores], dtype=torch.float32)
+        metrics = summarize_scores(scores)
+        ol = self.cfg.algorithm.overlong
+        if ol is not None:
+            penalty = overlong_penalty(gen.response_lengths.cpu(), max_len=ol.max_len, cache_len=ol.cache_len, factor=ol.factor)
+            rewards = rewards + penalty
+            metrics["dapo/overlong_reward"] = float(penalty.mean())
+            metrics["dapo/overlong_ratio"] = float((penalty < 0).float().mean())
+        lengths = gen.response_lengths.float()
+        metrics.update({
+            "rollout/response_len_mean": float(lengths.mean()),
+            "rollout/response_len_max": float(lengths.max()),
+            "rollout/clip_ratio_len": float(gen.truncated.float().mean()),
+        })
+        group_ids = torch.arange(P).repeat_interleave(G) + round_ * P
+        correct = torch.tensor([float(bool(s.correct)) for s in scores]).view(P, G)
+        batch = batch_from_generation(gen, rewards, group_ids)
+        return batch, correct, metrics, gen.texts[:G]
+
+    def collect(self, step: int) -> Rollout:
+        """Rollout rounds until P informative groups (DAPO dynamic sampling) or one round without it."""
+        tcfg, ds = self.cfg.train, self.cfg.algorithm.dynamic_sampling
+        P, G = tcfg.prompts_per_step, tcfg.group_size
+        kept: list[Batch] = []
+        round_metrics: list[dict[str, float]] = []
+        n_kept, round_, samples = 0, 0, []
+        while True:
+            batch, correct, metrics, texts = self.rollout_round(step, round_)
+            samples = samples or texts
+            rewards = batch.rewards.view(P, G)
+            metrics["groups/frac_all_correct"] = float((correct.min(1).values == 1).float().mean())
+            metrics["groups/frac_all_wrong"] = float((correct.max(1).values == 0).float().mean())
+            round_metrics.append(metrics)
+            round_ += 1
+            if not ds.enabled:
+                kept, n_kept = [batch], P
+                break
+            keep = informative_groups(rewards)
+            if keep.any():
+                rows = keep.repeat_interleave(G).nonzero().flatten()
+                kept.append(batch.select(rows))
+                n_kept += int(keep.sum())
+            if n_kept >= P or (ds.max_gen_batches > 0 and round_ >= ds.max_gen_batches):
+                break
+        metrics = {k: sum(m.get(k, 0.0) for m in round_metrics) / len(round_metrics) for k in round_metrics[0]}
+        if ds.enabled:
+            metrics["dapo/num_gen_batches"] = float(round_)
+            metrics["dapo/kept_groups"] = float(n_kept)
+        if not kept:
+            return Rollout(batch=None, metrics=metrics, sample_texts=samples)
+        batch = concat_batches(kept, self.tokenizer.pad_token_id)
+        if ds.enabled and n_kept > P:  # trim to exactly P groups
+            batch = batch.select(torch.arange(P * G))
+        return Rollout(batch=batch, metrics=metrics, sample_texts=samples)
+
+    def advantages(self, batch: Batch) -> Batch:
+        G = self.cfg.train.group_size
+        adv_cfg = self.cfg.algorithm.advantage
+        seq_adv = ADVANTAGE_ESTIMATORS.get(adv_cfg.name)(batch.rewards.view(-1, G), **adv_cfg.params).view(-1)
+        batch.advantages = broadcast_to_tokens(seq_adv, batch.loss_mask)
+        return batch
+
+    def prepare(self, batch: Batch) -> tuple[Batch, torch.Tensor | None]:
+        """Old (and reference) log-probs without gradient; returns old-policy entropy for metrics."""
+        mbs = self.cfg.train.micro_batch_size
+        batch = batch.to(self.device)
+        batch.old_logprobs, entropy = score_tokens(
+            self.model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=True
+        )
+        if self.ref_model is not None:
+            batch.ref_logprobs, _ = score_tokens(
+                self.ref_model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=False
+            )
+        return batch, entropy
+
+    def save(self, name: str, step: int) -> Path:
+        return save_checkpoint(self.model, self.tokenizer, self.run_dir / "checkpoints" / name,
+                               meta={"rl_step": step, "config": self.cfg.model_dump(mode="json")})
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        cfg, tcfg = self.cfg, self.cfg.train
+        self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
+        self.rounds_per_step_hint = max(1, cfg.algorithm.dynamic_sampling.max_gen_batches) if cfg.algorithm.dynamic_sampling.enabled else 1
+        step = 0
+        status = "completed"
+        try:
+            self.warm_start()
+            if cfg.eval.enabled:
+                self.evaluate("before_rl", 0)
+            if cfg.algorithm.kl.coef > 0:
+                self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            opt = tcfg.optim
+            optimizer = build_optimizer(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
+            total_opt_steps = tcfg.steps * tcfg.minibatches * tcfg.epochs
+            scheduler = build_scheduler(optimizer, warmup_steps=opt.warmup_steps, total_steps=total_opt_steps, schedule=opt.schedule)
+            for step in range(1, tcfg.steps + 1):
+                t0 = time.perf_counter()
+                rollout = self.collect(step)
+                t_rollout = time.perf_counter() - t0
+                record: dict[str, float] = dict(rollout.metrics)
+                if rollout.batch is not None:
+                    batch = self.advantages(rollout.batch)
+                    batch, entropy = self.prepare(batch)
+                    record.update(token_summary(batch, entropy))
+                    adv = batch.advantages[batch.loss_mask]
+                    record["adv/mean"] = float(adv.mean()) if adv.numel() else 0.0
+                    record["adv/abs_mean"] = float(adv.abs().mean()) if adv.numel() else 0.0
+                    record["adv/frac_zero"] = float((adv == 0).float().mean()) if adv.numel() else 1.0
+                    record.update(policy_update(
+                        self.model, optimizer, scheduler, batch, self.spec,
+                        minibatches=tcfg.minibatches, epochs=tcfg.epochs,
+                        micro_batch_size=tcfg.micro_batch_size, max_grad_norm=opt.max_grad_norm,
+                        generator=self.generator,
+                    ))
+                else:
+                    record["policy/skipped_updates"] = 1.0
+                record["time/rollout_s"] = t_rollout
+                record["time/step_s"] = time.perf_counter() - t0
+                record["optim/lr"] = scheduler.get_last_lr()[0]
+                self.metrics.write({"stage": "rl", "step": step, **record})
+                self.report("rl_step", step=step, total=tcfg.steps, record=record, samples=rollout.sample_texts)
+                if cfg.eval.enabled and cfg.eval.every and step % cfg.eval.every == 0 and step < tcfg.steps:
+                    self.evaluate(f"step_{step}", step)
+                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+                    self.save(f"step-{step}", step)
+                    prune_checkpoints(self.run_dir / "checkpoints", tcfg.keep_checkpoints)
+            if cfg.eval.enabled:
+                self.evaluate("after_rl", step)
+            self.summary["final_checkpoint"] = str(self.save("final", step))
+        except BaseException as exc:  # keep what we have on a crash or Ctrl-C
+            status = f"failed at RL step {step}: {type(exc).__name__}: {exc}"
+            if hasattr(self, "model"):
+                self.summary["crash_checkpoint"] = str(self.save(f"crash-step-{step}", step))
+            raise
+        finally:
+            self.summary["status"] = status
+            self.summary["rl_steps_done"] = step
+            if hasattr(self, "run_dir"):
+                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
+                self.metrics.close()
+            self.report("done", summary=self.summary)
+        return self.summary
+
+
+def accuracy_gain(summary: dict[str, Any], key: str = "eval/pass@1") -> tuple[float, float]:
+    """(after - before, combined standard error) of an eval metric in a run summary."""
+    before, after = summary["eval"]["before_rl"], summary["eval"]["after_rl"]
+    se = math.sqrt(before.get(f"{key}_se", 0.0) ** 2 + after.get(f"{key}_se", 0.0) ** 2)
+    return after[key] - before[key], se

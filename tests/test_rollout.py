@@ -1,0 +1,327 @@
+"""Tests of rlvr_lab.rollout: the batched engine on both backends and the sampling helpers, on a tiny model."""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+
+import pytest
+import torch
+
+from rlvr_lab.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompt
+from rlvr_lab.rollout.engine import RolloutEngine
+from rlvr_lab.rollout.sampling import SamplingParams, filtered_logprobs, sample_next
+from rlvr_lab.train.logprobs import sequence_token_stats
+
+torch.set_num_threads(1)
+
+SMALL = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+# At the default init (std 0.02) the next-token distribution is nearly flat and greedy decoding emits the
+# same token for every prompt, which would hide padding and position bugs; larger weights give varied argmaxes.
+SHARP = SMALL.model_copy(update={"init_std": 0.2})
+
+# Rendered prompt lengths differ (21 to 58 tokens), so every batch is left-padded.
+QUESTIONS = ["What is 2+3?", "Compute 17 * 4 - 9, then add 120 to it.", "Hi", "Sort 9 4 7 1; give the median."]
+BACKENDS = ("native", "hf")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_tiny_model(SMALL, tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tokenizer):
+    return build_tiny_model(SHARP, tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [tokenizer.encode(render_prompt(tokenizer, q), add_special_tokens=False) for q in QUESTIONS]
+
+
+def stats_of(model, gen, temperature: float) -> torch.Tensor:
+    """(B, T) log-probs of the generated tokens recomputed by the trainer's forward."""
+    input_ids = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)
+    attention_mask = torch.cat([gen.prompt_mask, gen.response_mask], dim=1)
+    with torch.no_grad():
+        return sequence_token_stats(
+            model, input_ids, attention_mask, gen.prompt_ids.shape[1], temperature=temperature
+        ).logprobs
+
+
+# ---- (a) reproducibility ----------------------------------------------------------------------
+
+
+def test_same_seed_same_tokens_different_seed_different_tokens(model, tokenizer, prompts):
+    engine = RolloutEngine(model, tokenizer)
+    params = SamplingParams(temperature=1.0, max_new_tokens=16)
+    torch.manual_seed(1)
+    first = engine.generate(prompts, params, seed=7)
+    torch.manual_seed(2)  # the engine's own generator decides; the global RNG must not matter
+    again = engine.generate(prompts, params, seed=7)
+    other = engine.generate(prompts, params, seed=8)
+    assert torch.equal(first.response_ids, again.response_ids)
+    assert torch.equal(first.sampler_logprobs, again.sampler_logprobs)
+    assert first.texts == again.texts
+    assert not torch.equal(first.response_ids, other.response_ids)
+
+
+# ---- (b) native and generic backends ----------------------------------------------------------
+
+
+def test_auto_backend_picks_native_for_llama(model, tokenizer):
+    assert RolloutEngine(model, tokenizer).backend == "native"
+    assert RolloutEngine(model, tokenizer, backend="hf").backend == "hf"
+    with pytest.raises(ValueError, match="backend"):
+        RolloutEngine(model, tokenizer, backend="vllm")
+
+
+def test_greedy_tokens_agree_across_backends_padding_and_generate(sharp_model, tokenizer, prompts):
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    native = RolloutEngine(sharp_model, tokenizer, backend="native").generate(prompts, params)
+    generic = RolloutEngine(sharp_model, tokenizer, backend="hf").generate(prompts, params)
+    assert native.prompt_mask.sum(-1).unique().numel() == len(prompts)  # every row padded differently
+    assert torch.equal(native.response_ids, generic.response_ids)
+    assert torch.allclose(native.sampler_logprobs, generic.sampler_logprobs, atol=1e-5)
+    assert len({tuple(row.tolist()) for row in native.response_ids}) > 1  # the check above is not vacuous
+
+    engine = RolloutEngine(sharp_model, tokenizer)
+    for i, prompt in enumerate(prompts):
+        alone = engine.generate([prompt], params)  # no padding at all
+        assert torch.equal(alone.response_ids[0], native.response_ids[i])
+        # transformers' own greedy search as an independent reference (EOS masked so lengths are equal)
+        with torch.no_grad():
+            ref = sharp_model.generate(
+                torch.tensor([prompt]), do_sample=False, max_new_tokens=12, min_new_tokens=12
+            )[0, len(prompt) :]
+        assert torch.equal(ref, native.response_ids[i])
+
+
+def test_sampled_tokens_agree_across_backends(model, tokenizer, prompts):
+    # Both backends feed the same sample_next with the same generator, so equal logits give equal draws;
+    # float noise between the two forwards is ~1e-7 and has not flipped a draw on these prompts.
+    params = SamplingParams(temperature=1.0, max_new_tokens=16)
+    native = RolloutEngine(model, tokenizer, backend="native").generate(prompts, params, seed=3)
+    generic = RolloutEngine(model, tokenizer, backend="hf").generate(prompts, params, seed=3)
+    assert torch.equal(native.response_ids, generic.response_ids)
+    assert torch.allclose(native.sampler_logprobs, generic.sampler_logprobs, atol=1e-5)
+
+
+# ---- (c) sampler log-probs match the trainer's recomputation ----------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_match_sequence_token_stats(model, tokenizer, prompts, backend, temperature):
+    engine = RolloutEngine(model, tokenizer, backend=backend)
+    # a share of the vocabulary stops a row, so rows end at different steps and the batch is compacted
+    engine.eos_ids = list(range(40, 60))
+    gen = engine.generate(prompts, SamplingParams(temperature=temperature, max_new_tokens=24), seed=5)
+    assert gen.response_lengths.unique().numel() > 1
+    recomputed = stats_of(model, gen, temperature)
+    mask = gen.response_mask
+    assert torch.allclose(recomputed[mask], gen.sampler_logprobs[mask], atol=1e-4)
+    assert torch.all(gen.sampler_logprobs[~mask] == 0)
+
+
+# ---- (d) masks, padding and truncation --------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masks_padding_and_truncation(model, tokenizer, backend):
+    engine = RolloutEngine(model, tokenizer, backend=backend)
+    stop_ids = set(range(40, 52))  # about one token in nine ends a row
+    engine.eos_ids = sorted(stop_ids)
+    batch = [tokenizer.encode(render_prompt(tokenizer, f"What is {i} + {i * i}?"), add_special_tokens=False)
+             for i in range(8)]
+    T = 6
+    gen = engine.generate(batch, SamplingParams(temperature=1.0, max_new_tokens=T), seed=0)
+
+    B = len(batch)
+    assert gen.prompt_ids.shape == gen.prompt_mask.shape and gen.prompt_ids.shape[0] == B
+    assert gen.response_ids.shape == gen.response_mask.shape == gen.sampled_mask.shape == gen.sampler_logprobs.shape
+    assert gen.response_ids.shape == (B, T)  # some row ran to the end, so the width is max_new_tokens
+    assert gen.truncated.shape == (B,) and len(gen.texts) == B
+    assert gen.prompt_mask.dtype == gen.response_mask.dtype == gen.sampled_mask.dtype == torch.bool
+
+    lengths = gen.response_lengths.tolist()
+    assert gen.truncated.any() and not gen.truncated.all()  # the seed gives both kinds of row
+    for i, n in enumerate(lengths):
+        row = gen.response_ids[i].tolist()
+        assert gen.response_mask[i].tolist() == [True] * n + [False] * (T - n)  # real tokens form a prefix
+        assert row[n:] == [engine.pad_id] * (T - n)
+        assert not stop_ids & set(row[: n - 1])  # nothing stopped the row before its last token
+        stopped = row[n - 1] in stop_ids
+        assert gen.truncated[i].item() == (not stopped)
+        assert stopped or n == T
+    assert torch.equal(gen.sampled_mask, gen.response_mask)  # single-turn: every real token was sampled
+    assert torch.equal(gen.loss_mask, gen.response_mask)
+    assert torch.all(gen.prompt_ids[~gen.prompt_mask] == engine.pad_id)  # left padding uses the pad id
+
+
+def test_row_stopping_on_its_last_allowed_token_is_not_truncated(model, tokenizer, prompts):
+    engine = RolloutEngine(model, tokenizer)
+    params = SamplingParams(temperature=1.0, max_new_tokens=4)
+    free = engine.generate(prompts[:1], params, seed=0)
+    last = free.response_ids[0, -1].item()
+    assert last not in free.response_ids[0, :-1].tolist()  # so it first appears at the last step
+    engine.eos_ids = [last]
+    gen = engine.generate(prompts[:1], params, seed=0)  # one row: the same draws as the free run
+    assert gen.response_lengths.tolist() == [4]
+    assert gen.truncated.tolist() == [False]
+    assert free.truncated.tolist() == [True]
+
+
+# ---- (e) stop strings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_string_ends_generation_right_after_it(model, tokenizer, prompts, backend):
+    engine = RolloutEngine(model, tokenizer, backend=backend)
+    params = SamplingParams(temperature=1.0, max_new_tokens=20)
+    free = engine.generate(prompts[:1], params, seed=11)
+    ids = free.response_ids[0].tolist()
+    stop = tokenizer.decode(ids[2:4])  # the 3rd and 4th tokens: a stop string spanning two tokens
+    # the first prefix of the free run that contains the stop string is where generation must end
+    k = next(n for n in range(1, len(ids) + 1) if stop in tokenizer.decode(ids[:n]))
+    assert 2 <= k <= 4
+
+    gen = engine.generate(prompts[:1], SamplingParams(temperature=1.0, max_new_tokens=20, stop_strings=(stop,)),
+                          seed=11)
+    assert gen.response_lengths.tolist() == [k]
+    assert gen.response_ids[0, :k].tolist() == ids[:k]  # one row, so the same draws up to the stop
+    assert gen.truncated.tolist() == [False]
+    assert gen.texts[0].endswith(stop)
+    assert gen.texts[0] == tokenizer.decode(ids[:k], skip_special_tokens=True)
+
+
+def test_stop_strings_in_a_batch_stop_only_the_rows_that_emit_them(model, tokenizer, prompts):
+    engine = RolloutEngine(model, tokenizer)
+    stops = tuple("0123456789")  # no tag token contains a digit, so each stop is one whole token
+    gen = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=16, stop_strings=stops), seed=2)
+    assert gen.truncated.any() and not gen.truncated.all()
+    for i, text in enumerate(gen.texts):
+        n = int(gen.response_lengths[i])
+        digits = [j for j, c in enumerate(text) if c in stops]
+        if gen.truncated[i]:
+            assert n == 16 and not digits
+        elif gen.response_ids[i, n - 1].item() in engine.eos_ids:  # a sampled <eos> also ends a row
+            assert not digits
+        else:
+            assert digits == [len(text) - 1]  # the first digit ends the row and the text
+
+
+# ---- (f) filters ------------------------------------------------------------------------------
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(sharp_model, tokenizer, prompts):
+    engine = RolloutEngine(sharp_model, tokenizer)
+    greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=10))
+    top_k = engine.generate(prompts, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=10), seed=4)
+    top_p = engine.generate(prompts, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=10), seed=4)
+    assert torch.equal(top_k.response_ids, greedy.response_ids)
+    assert torch.equal(top_p.response_ids, greedy.response_ids)
+    # one token left: it has probability 1 under the sampling distribution
+    assert torch.all(top_k.sampler_logprobs == 0) and torch.all(top_p.sampler_logprobs == 0)
+
+
+def test_filtered_logprobs_top_k_keeps_k_tokens():
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
+    logp = filtered_logprobs(logits, SamplingParams(top_k=2))
+    finite = torch.isfinite(logp)
+    assert finite.sum(-1).tolist() == [2] * 5
+    assert torch.equal(finite, torch.zeros_like(finite).scatter(-1, logits.topk(2).indices, True))
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(5))
+
+
+def test_filtered_logprobs_top_p_hand_computed():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    # mass before each token: 0, 0.5, 0.8, 0.95; with top_p=0.8 the third is dropped (0.8 >= 0.8)
+    logp = filtered_logprobs(probs.log(), SamplingParams(top_p=0.8))
+    expected = torch.tensor([[math.log(0.5 / 0.8), math.log(0.3 / 0.8), -math.inf, -math.inf]])
+    assert torch.allclose(logp, expected)
+    assert torch.allclose(filtered_logprobs(probs.log(), SamplingParams(top_p=0.81)).exp(),
+                          torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
+
+
+def test_filtered_logprobs_temperature_scales_logits():
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(1))
+    for t in (0.5, 1.0, 2.0):
+        assert torch.allclose(filtered_logprobs(logits, SamplingParams(temperature=t)),
+                              torch.log_softmax(logits / t, dim=-1))
+
+
+def test_sample_next_logprob_is_that_of_the_drawn_token():
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(2))
+    params = SamplingParams(temperature=0.7, top_k=5)
+    tokens, logp = sample_next(logits, params, torch.Generator().manual_seed(0))
+    full = filtered_logprobs(logits, params)
+    assert torch.equal(logp, full.gather(-1, tokens[:, None]).squeeze(-1))
+    assert torch.isfinite(logp).all()  # never a filtered token
+
+
+# ---- (g) parameter validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_sampling_params_reject_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**kwargs)
+
+
+# ---- (h) prompt errors ------------------------------------------------------------------------
+
+
+def test_prompt_longer_than_positions_is_rejected(model, tokenizer):
+    engine = RolloutEngine(model, tokenizer)
+    limit = SMALL.max_position_embeddings
+    params = SamplingParams(max_new_tokens=12)
+    fits = engine.generate([[5] * (limit - 12)], params)  # prompt + max_new_tokens == limit is allowed
+    assert fits.response_lengths.item() <= 12
+    with pytest.raises(ValueError, match="positions"):
+        engine.generate([[5] * (limit - 11)], params)
+
+
+def test_empty_prompts_are_rejected(model, tokenizer, prompts):
+    engine = RolloutEngine(model, tokenizer)
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([prompts[0], []], SamplingParams())
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([], SamplingParams())
+
+
+# ---- (i) greedy log-probs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_logprobs_are_unscaled_log_softmax_of_the_argmax(sharp_model, tokenizer, prompts, backend):
+    gen = RolloutEngine(sharp_model, tokenizer, backend=backend).generate(
+        prompts, SamplingParams(temperature=0.0, max_new_tokens=8)
+    )
+    for i, prompt in enumerate(prompts):
+        n = int(gen.response_lengths[i])
+        response = gen.response_ids[i, :n]
+        # a plain forward over the unpadded sequence, one row at a time
+        with torch.no_grad():
+            logits = sharp_model(torch.tensor([prompt + response.tolist()])).logits[0]
+        step_logp = torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + n].float(), dim=-1)  # (n, V)
+        assert torch.equal(step_logp.argmax(-1), response)
+        assert torch.allclose(gen.sampler_logprobs[i, :n], step_logp.gather(-1, response[:, None]).squeeze(-1),
+                              atol=1e-5)

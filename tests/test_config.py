@@ -75,8 +75,15 @@ def test_overrides_parse_yaml_values_and_merge(tmp_path):
     assert parse_override("a=[1, 2]") == (["a"], [1, 2])
     with pytest.raises(ConfigError):
         parse_override("novalue")
-    cfg = load_config(CONFIGS / "demo.yaml", overrides=["train.steps=7", "model.tiny.num_layers=2"])
+    cfg = load_config(CONFIGS / "demo.yaml", overrides=["train.steps=7", "model.tiny.num_layers=2",
+                                                         "run.output_dir=/x", "run.name=y"])
     assert cfg.train.steps == 7 and cfg.model.tiny.num_layers == 2 and cfg.model.tiny.hidden_size == 128
+    assert (cfg.run.output_dir, cfg.run.name) == ("/x", "y")
+    # switching a component by name drops the previous component's parameters
+    gspo = load_config(CONFIGS / "demo.yaml", overrides=["algorithm.policy_loss.name=gspo"])
+    assert gspo.algorithm.policy_loss.params == {}
+    task = load_config(CONFIGS / "demo.yaml", overrides=["task.name=spell_backward"]).task
+    assert task.config == {} and task.eval_size == 200
 
 
 def test_extends_cycle_and_missing_file(tmp_path):

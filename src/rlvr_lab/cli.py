@@ -116,7 +116,13 @@ def train(
     if cfg.run.threads is None and os.environ.get("OMP_NUM_THREADS"):
         cfg.run.threads = int(os.environ["OMP_NUM_THREADS"])
     reporter = None if quiet else ConsoleReporter(console)
-    Trainer(cfg, reporter=reporter).run()
+    trainer = Trainer(cfg, reporter=reporter)
+    try:
+        trainer.setup()
+    except (ValueError, FileNotFoundError) as exc:  # bad model source, task name or task options
+        console.print(f"[bold red]setup error[/]: {exc}")
+        raise typer.Exit(2) from None
+    trainer.run()
 
 
 @app.command("show-config")

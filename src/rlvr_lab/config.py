@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rlvr_lab.models.tiny import TinyModelConfig
 from rlvr_lab.objectives.kl import KL_KINDS
-from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, AGGREGATORS, POLICY_LOSSES
+from rlvr_lab.objectives.registry import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATORS,
+    AUX_LOSSES,
+    POLICY_LOSSES,
+    TOKEN_ADVANTAGE_MODIFIERS,
+    TOKEN_LOSS_OVERRIDES,
+)
 
 
 class ConfigError(ValueError):
@@ -109,7 +116,16 @@ class AlgorithmConfig(_Strict):
     policy_loss: NamedComponent = Field(
         default_factory=lambda: NamedComponent(name="ppo_clip", params={"clip_low": 0.2, "clip_high": 0.2})
     )
-    aggregation: str = Field("token-mean", description=f"Loss reduction; one of the registered modes.")
+    token_modifiers: list[NamedComponent] = Field(
+        default_factory=list, description="Token-advantage modifiers applied in order (e.g. GRPO-N, NTHR)."
+    )
+    token_overrides: list[NamedComponent] = Field(
+        default_factory=list, description="Per-token loss overrides applied after the base clip, in order (Clip-Cov, KL-Cov, Lp-Reg)."
+    )
+    aux_losses: list[NamedComponent] = Field(
+        default_factory=list, description="Auxiliary losses added to the policy loss, each with its own normalisation (e.g. LLDS)."
+    )
+    aggregation: str = Field("token-mean", description="Loss reduction; one of the registered modes.")
     t_norm: int | None = Field(None, ge=1, description="T_norm of seq-mean-token-sum-norm (default: rollout.max_new_tokens).")
     global_normalization: bool = Field(True, description="Normalise by whole-mini-batch counts (exact under micro-batching).")
     exclude_empty_sequences: bool = Field(False, description="Leave empty responses out of B in seq-mean modes.")
@@ -125,6 +141,13 @@ class AlgorithmConfig(_Strict):
             comp: NamedComponent = getattr(self, field_name)
             entry = registry.entry(comp.name)
             entry.check_params(comp.params, where=f"algorithm.{field_name}.params")
+        for field_name, registry in (
+            ("token_modifiers", TOKEN_ADVANTAGE_MODIFIERS),
+            ("token_overrides", TOKEN_LOSS_OVERRIDES),
+            ("aux_losses", AUX_LOSSES),
+        ):
+            for i, comp in enumerate(getattr(self, field_name)):
+                registry.entry(comp.name).check_params(comp.params, where=f"algorithm.{field_name}[{i}].params")
         AGGREGATORS.entry(self.aggregation)
         return self
 
@@ -205,15 +228,17 @@ class Config(_Strict):
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """``top`` over ``base``; nested mappings merge, everything else replaces.
 
-    A mapping that names a different component (``name:`` differs) replaces the old one whole,
-    so a preset switching the policy loss does not inherit the previous loss's parameters.
+    A component's parameters belong to its name: when ``top`` gives a mapping a different
+    ``name``, the old ``params``/``config`` are dropped before merging, so switching the policy
+    loss or the task never inherits the previous one's options.
     """
     out = copy.deepcopy(base)
     for key, value in top.items():
         old = out.get(key)
-        renamed = isinstance(value, dict) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name")
-        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
-            out[key] = deep_merge(out[key], value)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if "name" in value and value["name"] != old.get("name"):
+                old = {k: v for k, v in old.items() if k not in ("params", "config")}
+            out[key] = deep_merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out

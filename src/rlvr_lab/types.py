@@ -82,6 +82,9 @@ class Batch:
     old_logprobs: torch.Tensor | None = None  # (B, T) float32, behaviour policy, recomputed by the trainer
     ref_logprobs: torch.Tensor | None = None  # (B, T) float32, frozen reference policy
     sampler_logprobs: torch.Tensor | None = None  # (B, T) float32, as reported by the sampler
+    # Method-specific per-sequence (B,) or per-token (B, T) tensors, by name (e.g. "proxy_logprobs",
+    # "action_ids", "answer_mask", "old_entropy"); rows follow the batch through select/to.
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -108,4 +111,5 @@ class Batch:
             old_logprobs=pick(self.old_logprobs),
             ref_logprobs=pick(self.ref_logprobs),
             sampler_logprobs=pick(self.sampler_logprobs),
+            extras={k: fn(v) for k, v in self.extras.items()},
         )

@@ -20,10 +20,14 @@ from rlvr_lab.objectives.registry import (
     AUX_LOSSES,
     POLICY_LOSSES,
     TOKEN_ADVANTAGE_MODIFIERS,
+    TOKEN_LOSS_OVERRIDES,
     Registry,
     UnknownNameError,
 )
 from rlvr_lab.objectives.shaping import informative_groups, overlong_penalty
+
+# Token-level methods: importing each module registers its components by name.
+from rlvr_lab.objectives import div_prec, entropy_mech, hapo, llds, lp_reg, negative, passk, spear, thr  # noqa: E402,F401
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -32,6 +36,7 @@ __all__ = [
     "KL_KINDS",
     "POLICY_LOSSES",
     "TOKEN_ADVANTAGE_MODIFIERS",
+    "TOKEN_LOSS_OVERRIDES",
     "Denominators",
     "Registry",
     "StepContext",

@@ -1,13 +1,15 @@
 """Group-relative advantage estimators: sequence rewards ``(P, G)`` -> advantages ``(P, G)``.
 
 Groups are dense ``(P, G)`` tensors (one row per prompt). Ragged groups are not supported here;
-pad them to ``G`` or use a dedicated function.
+pad them to ``G`` or use a dedicated function. Registered estimators share the call shape
+``fn(rewards (P, G), ctx: StepContext | None, **params) -> (P, G)``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlvr_lab.objectives.context import StepContext
 from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS
 
 
@@ -46,14 +48,14 @@ def group_advantages(
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
 def grpo_advantages(
-    rewards: torch.Tensor, *, std_unbiased: bool = True, eps: float = 1e-6
+    rewards: torch.Tensor, ctx: StepContext | None = None, *, std_unbiased: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
     """Group z-score advantage, (P, G) -> (P, G). See :func:`group_advantages`."""
     return group_advantages(rewards, std_normalize=True, std_unbiased=std_unbiased, eps=eps)
 
 
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
-def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+def dr_grpo_advantages(rewards: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
     """Dr.GRPO: group-centred reward without std division (arXiv 2503.20783), (P, G) -> (P, G)."""
     return group_advantages(rewards, std_normalize=False)
 

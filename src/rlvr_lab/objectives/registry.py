@@ -79,5 +79,6 @@ class Registry:
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 TOKEN_ADVANTAGE_MODIFIERS = Registry("token-advantage modifier")
 POLICY_LOSSES = Registry("policy loss")
+TOKEN_LOSS_OVERRIDES = Registry("token-loss override")
 AUX_LOSSES = Registry("auxiliary loss")
 AGGREGATORS = Registry("aggregation mode")

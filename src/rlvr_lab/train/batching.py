@@ -65,7 +65,15 @@ def concat_batches(batches: Sequence[Batch], pad_id: int) -> Batch:
         old_logprobs=join_tokens(lambda b: b.old_logprobs, 0.0),
         ref_logprobs=join_tokens(lambda b: b.ref_logprobs, 0.0),
         sampler_logprobs=join_tokens(lambda b: b.sampler_logprobs, 0.0),
+        extras={key: _join_extra([b.extras[key] for b in batches], t) for key in batches[0].extras},
     )
+
+
+def _join_extra(parts: list[torch.Tensor], t: int) -> torch.Tensor:
+    """Per-sequence (B,) extras are stacked; per-token (B, T) ones are right-padded with zeros first."""
+    if parts[0].dim() == 1:
+        return torch.cat(parts)
+    return torch.cat([_pad_right(p, t, 0) for p in parts])
 
 
 def supervised_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], pad_id: int) -> Batch:

@@ -21,7 +21,13 @@ from rlvr_lab.config import Config, dump_config
 from rlvr_lab.envs import SingleTurnEnv, split_train_eval, task_rubric
 from rlvr_lab.eval.evaluate import evaluate
 from rlvr_lab.models import load_model_and_tokenizer
-from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS, broadcast_to_tokens, informative_groups, overlong_penalty
+from rlvr_lab.objectives import (
+    ADVANTAGE_ESTIMATORS,
+    TOKEN_ADVANTAGE_MODIFIERS,
+    broadcast_to_tokens,
+    informative_groups,
+    overlong_penalty,
+)
 from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.sampling import SamplingParams
@@ -29,7 +35,7 @@ from rlvr_lab.train.batching import batch_from_generation, concat_batches
 from rlvr_lab.train.checkpoint import MetricsWriter, make_run_dir, prune_checkpoints, save_checkpoint
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 from rlvr_lab.train.sft import supervised_warmstart
-from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, token_summary
+from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
 from rlvr_lab.types import Batch
 
 EVAL_SEED = 12345
@@ -58,6 +64,8 @@ def loss_spec(cfg: Config) -> LossSpec:
         kl_clamp=algo.kl.clamp,
         entropy_coef=algo.entropy_coef,
         temperature=cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0,
+        token_overrides=tuple((c.name, dict(c.params)) for c in algo.token_overrides),
+        aux_losses=tuple((c.name, dict(c.params)) for c in algo.aux_losses),
     )
 
 
@@ -200,6 +208,7 @@ class Trainer:
         group_ids = torch.arange(P).repeat_interleave(G) + round_ * P
         correct = torch.tensor([float(bool(s.correct)) for s in scores]).view(P, G)
         batch = batch_from_generation(gen, rewards, group_ids)
+        batch.extras["correct"] = correct.view(-1).bool()
         return batch, correct, metrics, gen.texts[:G]
 
     def collect(self, step: int) -> Rollout:
@@ -238,12 +247,20 @@ class Trainer:
             batch = batch.select(torch.arange(P * G))
         return Rollout(batch=batch, metrics=metrics, sample_texts=samples)
 
-    def advantages(self, batch: Batch) -> Batch:
-        G = self.cfg.train.group_size
-        adv_cfg = self.cfg.algorithm.advantage
-        seq_adv = ADVANTAGE_ESTIMATORS.get(adv_cfg.name)(batch.rewards.view(-1, G), **adv_cfg.params).view(-1)
-        batch.advantages = broadcast_to_tokens(seq_adv, batch.loss_mask)
-        return batch
+    def advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+        """Sequence advantages from the estimator, broadcast to tokens, then the token modifiers."""
+        G, algo = self.cfg.train.group_size, self.cfg.algorithm
+        ctx = step_context(batch, None, entropy=None)
+        ctx.group_size = G
+        estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage.name)
+        seq_adv = estimator(batch.rewards.view(-1, G), ctx, **algo.advantage.params).reshape(-1)
+        adv = broadcast_to_tokens(seq_adv.to(batch.loss_mask.device), batch.loss_mask)
+        metrics: dict[str, float] = {}
+        for comp in algo.token_modifiers:
+            adv, extra = TOKEN_ADVANTAGE_MODIFIERS.get(comp.name)(adv, batch.loss_mask, ctx, **comp.params)
+            metrics.update({k: float(v) for k, v in extra.items()})
+        batch.advantages = adv
+        return batch, metrics
 
     def prepare(self, batch: Batch) -> tuple[Batch, torch.Tensor | None]:
         """Old (and reference) log-probs without gradient; returns old-policy entropy for metrics."""
@@ -252,6 +269,7 @@ class Trainer:
         batch.old_logprobs, entropy = score_tokens(
             self.model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=True
         )
+        batch.extras["old_entropy"] = entropy
         if self.ref_model is not None:
             batch.ref_logprobs, _ = score_tokens(
                 self.ref_model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=False
@@ -265,7 +283,8 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        self.setup()
+        if not hasattr(self, "run_dir"):
+            self.setup()
         cfg, tcfg = self.cfg, self.cfg.train
         self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
         self.rounds_per_step_hint = max(1, cfg.algorithm.dynamic_sampling.max_gen_batches) if cfg.algorithm.dynamic_sampling.enabled else 1
@@ -287,8 +306,9 @@ class Trainer:
                 t_rollout = time.perf_counter() - t0
                 record: dict[str, float] = dict(rollout.metrics)
                 if rollout.batch is not None:
-                    batch = self.advantages(rollout.batch)
-                    batch, entropy = self.prepare(batch)
+                    batch, entropy = self.prepare(rollout.batch)
+                    batch, adv_metrics = self.advantages(batch)
+                    record.update(adv_metrics)
                     record.update(token_summary(batch, entropy))
                     adv = batch.advantages[batch.loss_mask]
                     record["adv/mean"] = float(adv.mean()) if adv.numel() else 0.0

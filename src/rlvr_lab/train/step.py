@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr_lab.objectives import (
+    AUX_LOSSES,
     POLICY_LOSSES,
+    TOKEN_LOSS_OVERRIDES,
     Denominators,
     StepContext,
     aggregate,
@@ -42,6 +44,18 @@ class LossSpec:
     kl_clamp: float | None = 10.0
     entropy_coef: float = 0.0
     temperature: float = 1.0
+    token_overrides: tuple[tuple[str, dict], ...] = ()  # (name, params), applied in order
+    aux_losses: tuple[tuple[str, dict], ...] = ()  # (name, params), each adds its own scalar
+
+    @property
+    def needs_current_entropy(self) -> bool:
+        """Entropy of the current policy: for the entropy bonus or a component that declares it."""
+        return self.entropy_coef > 0 or any(
+            "entropy" in registry.entry(name).meta.get("needs", ())
+            for registry, comps in ((TOKEN_LOSS_OVERRIDES, self.token_overrides), (AUX_LOSSES, self.aux_losses),
+                                    (POLICY_LOSSES, ((self.policy_loss, {}),)))
+            for name, _ in comps
+        )
 
     def aggregate(self, loss: torch.Tensor, mask: torch.Tensor, den: Denominators | None) -> torch.Tensor:
         return aggregate(
@@ -65,13 +79,16 @@ def micro_batch_loss(
         mb.attention_mask,
         mb.response_start,
         temperature=spec.temperature,
-        with_entropy=spec.entropy_coef > 0,
+        with_entropy=spec.needs_current_entropy,
     )
     logp = stats.logprobs  # (b, T)
     mask = mb.loss_mask
-    ctx = StepContext(rewards=mb.rewards, group_ids=mb.group_ids, ref_logprobs=mb.ref_logprobs)
+    ctx = step_context(mb, den, entropy=None if stats.entropy is None else stats.entropy.detach())
     loss_fn = POLICY_LOSSES.get(spec.policy_loss)
     pg_mat, metrics = loss_fn(logp, mb.old_logprobs, mb.advantages, mask, ctx, **spec.policy_params)
+    for name, params in spec.token_overrides:
+        pg_mat, extra = TOKEN_LOSS_OVERRIDES.get(name)(pg_mat, logp, mb.old_logprobs, mb.advantages, mask, ctx, **params)
+        metrics.update(extra)
     pg_loss = spec.aggregate(pg_mat, mask, den) * scale
     total = pg_loss
     metrics["grpo/pg_loss"] = pg_loss.detach()
@@ -86,7 +103,33 @@ def micro_batch_loss(
         ent_loss = spec.aggregate(stats.entropy, mask, den) * scale
         total = total - spec.entropy_coef * ent_loss
         metrics["policy/entropy_bonus"] = ent_loss.detach()
+    for name, params in spec.aux_losses:
+        # each auxiliary loss owns its normalisation, using the whole-mini-batch counts in ctx
+        aux, extra = AUX_LOSSES.get(name)(logp, mb.old_logprobs, mb.advantages, mask, ctx, **params)
+        total = total + aux * scale
+        metrics.update(extra)
     return total, metrics
+
+
+def step_context(mb: Batch, den: Denominators | None, *, entropy: torch.Tensor | None) -> StepContext:
+    """Detached side inputs of one micro-batch for the objectives."""
+    extras = mb.extras
+    return StepContext(
+        rewards=mb.rewards,
+        correct=extras.get("correct"),
+        group_ids=mb.group_ids,
+        response_lengths=mb.loss_mask.sum(-1),
+        ref_logprobs=mb.ref_logprobs,
+        entropy=entropy,
+        old_entropy=extras.get("old_entropy"),
+        proxy_logprobs=extras.get("proxy_logprobs"),
+        action_ids=extras.get("action_ids"),
+        answer_mask=extras.get("answer_mask"),
+        num_tokens=None if den is None else den.num_tokens,
+        num_sequences=None if den is None else den.num_sequences,
+        tool_calls=extras.get("tool_calls"),
+        valid_searches=extras.get("valid_searches"),
+    )
 
 
 def minibatch_update(

@@ -1,0 +1,55 @@
+"""Learning, not only code paths: under GRPO the reward must rise within a fixed budget."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlvr_lab.config import load_config
+from rlvr_lab.train.loop import Trainer
+from rlvr_lab.types import Score
+
+pytestmark = pytest.mark.slow
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def seven_first(text: str, example) -> Score:
+    """A task the warm-started model solves by chance ~1 time in 10: answer starting with the digit 7."""
+    ok = text.startswith("<answer>7")
+    return Score(value=float(ok), correct=ok)
+
+
+def run(tmp_path, monkeypatch, preset: str, steps: int):
+    monkeypatch.setattr("rlvr_lab.train.loop.task_rubric", lambda verifier, format_weight: seven_first)
+    cfg = load_config(
+        CONFIGS / "demo.yaml",
+        presets=[CONFIGS / f"{preset}.yaml"],
+        overrides=[
+            f"run.output_dir={tmp_path}",
+            "run.threads=2",
+            "model.tiny={hidden_size: 48, num_layers: 2, num_heads: 4, num_kv_heads: 2, intermediate_size: 96, max_position_embeddings: 160}",
+            "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}",
+            "task.train_size=400",
+            "task.eval_size=8",
+            "eval.enabled=false",
+            "sft.steps=40",
+            "sft.batch_size=32",
+            f"train.steps={steps}",
+            "train.prompts_per_step=8",
+            "train.group_size=8",
+            "train.minibatches=1",
+            "train.micro_batch_size=64",
+            "train.optim.lr=3e-3",
+        ],
+    )
+    summary = Trainer(cfg).run()
+    rows = [json.loads(x) for x in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
+    return [r["reward/mean"] for r in rows if r["stage"] == "rl"]
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dr_grpo"])
+def test_grpo_raises_reward_within_budget(tmp_path, monkeypatch, preset):
+    rewards = run(tmp_path, monkeypatch, preset, steps=20)
+    start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert start < 0.35, rewards
+    assert end > start + 0.3, rewards

@@ -82,7 +82,7 @@ def test_overrides_parse_yaml_values_and_merge(tmp_path):
     # switching a component by name drops the previous component's parameters
     gspo = load_config(CONFIGS / "demo.yaml", overrides=["algorithm.policy_loss.name=gspo"])
     assert gspo.algorithm.policy_loss.params == {}
-    task = load_config(CONFIGS / "demo.yaml", overrides=["task.name=spell_backward"]).task
+    task = load_config(CONFIGS / "demo.yaml", overrides=["task.name=chain_sum"]).task
     assert task.config == {} and task.eval_size == 200
 
 

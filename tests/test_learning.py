@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlvr_lab.config import load_config
+from rlvr_lab.rewards import extract_answer
 from rlvr_lab.train.loop import Trainer
 from rlvr_lab.types import Score
 
@@ -14,8 +15,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def seven_first(text: str, example) -> Score:
-    """A task the warm-started model solves by chance ~1 time in 10: answer starting with the digit 7."""
-    ok = text.startswith("<answer>7")
+    """A prompt-independent target the warm-started model hits by chance a few times in 20:
+    a well-formed answer that starts with 7, 8 or 9."""
+    answer = extract_answer(text)
+    ok = bool(answer) and answer[0] in "789"
     return Score(value=float(ok), correct=ok)
 
 
@@ -28,18 +31,20 @@ def run(tmp_path, monkeypatch, preset: str, steps: int):
             f"run.output_dir={tmp_path}",
             "run.threads=2",
             "model.tiny={hidden_size: 48, num_layers: 2, num_heads: 4, num_kv_heads: 2, intermediate_size: 96, max_position_embeddings: 160}",
+            "task.name=chain_sum",
             "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}",
             "task.train_size=400",
             "task.eval_size=8",
             "eval.enabled=false",
-            "sft.steps=40",
+            "sft.steps=60",
             "sft.batch_size=32",
             f"train.steps={steps}",
-            "train.prompts_per_step=8",
+            "train.prompts_per_step=16",
             "train.group_size=8",
             "train.minibatches=1",
-            "train.micro_batch_size=64",
-            "train.optim.lr=3e-3",
+            "train.micro_batch_size=128",
+            "train.optim.lr=1e-3",
+            "train.optim.warmup_steps=5",
         ],
     )
     summary = Trainer(cfg).run()
@@ -49,7 +54,7 @@ def run(tmp_path, monkeypatch, preset: str, steps: int):
 
 @pytest.mark.parametrize("preset", ["grpo", "dr_grpo"])
 def test_grpo_raises_reward_within_budget(tmp_path, monkeypatch, preset):
-    rewards = run(tmp_path, monkeypatch, preset, steps=20)
+    rewards = run(tmp_path, monkeypatch, preset, steps=30)
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert start < 0.35, rewards
-    assert end > start + 0.3, rewards
+    assert end > start + 0.25 and end > 2 * start, rewards

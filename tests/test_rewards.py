@@ -361,3 +361,17 @@ def test_importing_rewards_loads_no_heavy_backend():
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_reasoning_gym_binary_reward_keeps_raw_score():
+    from rlvr_lab.envs.tasks import ReasoningGymTask
+
+    task = ReasoningGymTask("spell_backward", seed=3, size=4)
+    ex = task[0]
+    wrong = ex["answer"][:-1] + ("a" if ex["answer"][-1] != "a" else "b")
+    partial = task.verifier(partial_credit=True)(f"<answer>{wrong}</answer>", ex)
+    binary = task.verifier(partial_credit=False)(f"<answer>{wrong}</answer>", ex)
+    assert 0 < partial.value < 1 and partial.correct is False
+    assert binary.value == 0.0 and binary.correct is False and binary.parts["score"] == partial.value
+    right = task.verifier(partial_credit=False)(f"<answer>{ex['answer']}</answer>", ex)
+    assert right.value == 1.0 and right.correct is True

@@ -20,6 +20,7 @@ def test_one_grpo_step_on_smollm2(tmp_path, monkeypatch):
         CONFIGS / "demo.yaml",
         overrides=[
             "model.source=smollm2-135m-instruct",
+            "task.name=chain_sum",
             f"run.output_dir={tmp_path}",
             "run.threads=2",
             "sft.steps=0",

@@ -17,6 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAST = [
     "run.threads=2",
     "model.tiny={hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64, max_position_embeddings: 160}",
+    "task.name=chain_sum",
     "task.config={min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}",
     "task.train_size=200",
     "task.eval_size=8",

@@ -46,6 +46,9 @@ class ConsoleReporter:
             f"training questions dropped as duplicates of held-out ones: {summary['train_questions_dropped_as_eval_duplicates']}"
         )
 
+    def on_warning(self, message) -> None:
+        self.console.print(f"[bold yellow]warning[/]: {message}")
+
     def on_sft_step(self, step, total, record) -> None:
         self.progress.update(self._bar("warm-start", total), completed=step + 1)
         if (step + 1) % max(1, total // 10) == 0 or step + 1 == total:

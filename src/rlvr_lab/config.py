@@ -9,6 +9,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlvr_lab.models.tiny import TinyModelConfig
+from rlvr_lab.objectives.div_prec import div_prec_token_loss
 from rlvr_lab.objectives.kl import KL_KINDS
 from rlvr_lab.objectives.registry import (
     ADVANTAGE_ESTIMATORS,
@@ -25,6 +27,7 @@ from rlvr_lab.objectives.registry import (
     TOKEN_ADVANTAGE_MODIFIERS,
     TOKEN_LOSS_OVERRIDES,
 )
+from rlvr_lab.objectives.spear import TOOLCALL_KINDS
 
 
 class ConfigError(ValueError):
@@ -66,11 +69,22 @@ class TaskConfig(_Strict):
         "",
         description="Text appended to each question (e.g. how to format the answer); empty for none.",
     )
+    partial_credit: bool = Field(
+        False, description="Use reasoning-gym's partial-credit score as the reward (default: 1 if correct, else 0)."
+    )
     answer_fallback: Literal["none", "last_number", "boxed", "last_line", "full"] = Field(
         "none", description="How to find the answer when there is no <answer> tag."
     )
     format_weight: float = Field(0.0, ge=0, description="Weight of the format reward added to correctness.")
     verifier_timeout_s: float = Field(5.0, gt=0, description="Per-response time limit of the verifier.")
+
+
+class AdaptiveTemperatureConfig(_Strict):
+    """HAPO adaptive temperature sampling (arXiv 2509.16591, section 8.5)."""
+
+    tau: float = Field(0.05, ge=0, lt=1, description="τ_T: each token is drawn at T0·(1 + τ·clamp(ĥ, −1, 1)).")
+    entropy_pivot: float = Field(0.8, ge=0, le=1, description="Quantile of the log-entropies used as the pivot of ĥ.")
+    code_compat_sign: bool = Field(False, description="The released code's sign of scale_neg (every ĥ >= 0).")
 
 
 class RolloutConfig(_Strict):
@@ -80,6 +94,17 @@ class RolloutConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus filter (1: off).")
     max_new_tokens: int = Field(64, ge=1, description="Longest response in tokens.")
     stop_strings: list[str] = Field(default_factory=lambda: ["</answer>"], description="Stop after any of these.")
+    adaptive_temperature: AdaptiveTemperatureConfig | None = Field(
+        None,
+        description="HAPO per-token temperature from the logits' entropy and the previous step's old-policy "
+        "entropy statistics (None: the fixed temperature).",
+    )
+
+    @model_validator(mode="after")
+    def _check_adaptive(self) -> RolloutConfig:
+        if self.adaptive_temperature is not None and self.temperature <= 0:
+            raise ValueError("adaptive_temperature needs sampling: set rollout.temperature > 0 (it is T0)")
+        return self
 
 
 class NamedComponent(_Strict):
@@ -111,6 +136,92 @@ class DynamicSamplingConfig(_Strict):
     max_gen_batches: int = Field(10, description="Most generation rounds per step (<= 0: unlimited).")
 
 
+def _check_component(comp: NamedComponent, registry, where: str) -> None:
+    registry.entry(comp.name).check_params(comp.params, where=where)
+
+
+class SpearToolcallConfig(_Strict):
+    """SPEAR's intrinsic tool-call reward ``min(cap, per_call·n_calls)·w(step)`` (spec 7.2)."""
+
+    kind: str = Field("cosine", description=f"Curriculum w(step): one of {', '.join(TOOLCALL_KINDS)}.")
+    per_call: float = Field(0.1, ge=0, description="Bonus per tool call.")
+    cap: float = Field(1.0, ge=0, description="Largest bonus per response.")
+    schedule_steps: int = Field(200, ge=1, description="T_tool: the cosine weight reaches 0 at this RL step.")
+    posneg: bool = Field(False, description="The _posneg_decay variant: correct responses get 1[n > 0]·w.")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in TOOLCALL_KINDS:
+            raise ValueError(f"unknown tool-call schedule {v!r}; allowed: {', '.join(TOOLCALL_KINDS)}")
+        return v
+
+
+class SpearReplayConfig(_Strict):
+    """SPEAR's self-imitation replay (spec 7.3): buffer, trigger, recalibration and the replay loss."""
+
+    buffer_size: int = Field(2048, ge=1, description="Most trajectories per replay batch; unit of the trigger.")
+    trigger: float = Field(1.5, gt=0, description="Replay when replayable trajectories > trigger × buffer_size.")
+    tolerate_steps: int = Field(5, ge=0, description="Drop entries more than this many steps older than the newest.")
+    capacity: int | None = Field(None, ge=1, description="Hard bound on stored trajectories (None: 2·trigger·buffer_size).")
+    baseline_size: int = Field(10240, ge=1, description="Group-mean rewards kept for the replay baseline.")
+    percentile: float = Field(50.0, ge=0, le=100, description="Baseline percentile of the history (P50).")
+    advantage_weight: float | None = Field(
+        None, gt=0, le=1, description="None: recalibrate A = r − b; a value: replay the stored advantages times it."
+    )
+    keep_zero: bool = Field(True, description="Keep recalibrated A = 0 samples (the official code does).")
+    coef: float = Field(1.0, ge=0, description="c of the replay coefficient c·(1 − cos(π·step/T))/2.")
+    warmup_steps: int = Field(100, ge=0, description="T_replay: the coefficient reaches c at this RL step.")
+    minibatches: int = Field(1, ge=1, description="Optimiser steps per replay batch.")
+    policy_loss: NamedComponent = Field(
+        default_factory=lambda: NamedComponent(
+            name="ppo_clip", params={"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": None}
+        ),
+        description="Policy loss of the replay batch (its stored old log-probs make the ratio off-policy).",
+    )
+    token_overrides: list[NamedComponent] = Field(
+        default_factory=list, description="Token-loss overrides on the replay batch only (SPEAR: Clip-Cov 0.02/2/60)."
+    )
+    entropy_coef: float = Field(0.001, ge=0, description="Entropy bonus of the replay loss.")
+    kl_coef: float = Field(0.0, ge=0, le=0, description="KL to the reference on replay: SPEAR uses none (only 0 is supported).")
+
+    @model_validator(mode="after")
+    def _check(self) -> SpearReplayConfig:
+        _check_component(self.policy_loss, POLICY_LOSSES, "algorithm.spear.replay.policy_loss.params")
+        for i, comp in enumerate(self.token_overrides):
+            _check_component(comp, TOKEN_LOSS_OVERRIDES, f"algorithm.spear.replay.token_overrides[{i}].params")
+            needs = set(TOKEN_LOSS_OVERRIDES.entry(comp.name).meta.get("needs", ())) - {"entropy"}
+            if needs:  # stored trajectories carry tokens, old log-probs and advantages only
+                raise ValueError(
+                    f"algorithm.spear.replay.token_overrides[{i}]: {comp.name!r} needs {sorted(needs)}, "
+                    "which replayed trajectories do not carry"
+                )
+        threshold = self.trigger * self.buffer_size
+        if self.capacity is not None and self.capacity <= threshold:
+            raise ValueError(
+                f"capacity={self.capacity} must exceed trigger*buffer_size={threshold}, otherwise replay never triggers"
+            )
+        return self
+
+
+class SpearRolloutFilterConfig(_Strict):
+    type: Literal["std"] = Field("std", description="Rank groups by the standard deviation of their rewards.")
+    ratio: float = Field(0.75, gt=0, le=1, description="Share of groups kept (the highest-std ones).")
+
+
+class SpearConfig(_Strict):
+    """SPEAR (arXiv 2509.22601): tool-call curriculum, self-imitation replay, group filter."""
+
+    toolcall: SpearToolcallConfig | None = Field(
+        default_factory=SpearToolcallConfig,
+        description="Intrinsic tool-call reward (0 for single-turn rollouts, which make no tool calls).",
+    )
+    replay: SpearReplayConfig | None = Field(default_factory=SpearReplayConfig, description="Self-imitation replay.")
+    rollout_filter: SpearRolloutFilterConfig | None = Field(
+        None, description="Keep the groups with the highest reward std before the update (None: keep all)."
+    )
+
+
 class AlgorithmConfig(_Strict):
     advantage: NamedComponent = Field(default_factory=lambda: NamedComponent(name="grpo"))
     policy_loss: NamedComponent = Field(
@@ -134,6 +245,7 @@ class AlgorithmConfig(_Strict):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight.")
     overlong: OverlongConfig | None = Field(None, description="DAPO soft overlong punishment (None: off).")
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    spear: SpearConfig | None = Field(None, description="SPEAR's tool-call reward and self-imitation replay (None: off).")
 
     @model_validator(mode="after")
     def _check_names(self) -> AlgorithmConfig:
@@ -166,7 +278,37 @@ class OptimConfig(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global grad norm (None: off).")
 
 
+# Hyperparameters of the div_prec warm-start loss (everything keyword-only but the ignore index).
+_DIV_PREC_PARAMS = tuple(
+    n for n, p in inspect.signature(div_prec_token_loss).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "ignore_index"
+)
+
+
+class SFTLossConfig(_Strict):
+    name: Literal["cross_entropy", "div_prec"] = Field(
+        "cross_entropy", description="Warm-start objective: next-token cross-entropy or Diversity-or-Precision."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="div_prec: beta, lambda_top, lambda_tail, k, w_max (arXiv 2512.22955)."
+    )
+
+    @model_validator(mode="after")
+    def _check_params(self) -> SFTLossConfig:
+        allowed = _DIV_PREC_PARAMS if self.name == "div_prec" else ()
+        for key in self.params:
+            if key not in allowed:
+                raise ValueError(
+                    f"sft.loss.params: unknown parameter {key!r} for {self.name!r}; allowed: {list(allowed) or 'none'}"
+                )
+        k, w_max = self.params.get("k", 0), self.params.get("w_max", 1.0)
+        if not isinstance(k, int) or k < 0 or not w_max > 0:
+            raise ValueError(f"sft.loss.params: div_prec needs an int k >= 0 and w_max > 0, got k={k!r}, w_max={w_max!r}")
+        return self
+
+
 class SFTConfig(_Strict):
+    loss: SFTLossConfig = Field(default_factory=SFTLossConfig, description="The warm-start objective.")
     steps: int = Field(0, ge=0, description="Supervised warm-start steps before RL (0: skip).")
     batch_size: int = Field(32, ge=1)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine"))
@@ -177,7 +319,11 @@ class TrainConfig(_Strict):
     steps: int = Field(50, ge=0, description="RL steps (one rollout batch each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts P per rollout batch.")
     group_size: int = Field(8, ge=1, description="Responses G per prompt.")
-    minibatches: int = Field(1, ge=1, description="Optimiser steps per rollout batch (off-policy after the first).")
+    minibatches: int = Field(
+        1, ge=1,
+        description="Optimiser steps per rollout batch (off-policy after the first). LLDS is identically 0 "
+        "with 1 mini-batch and 1 epoch: use >= 2.",
+    )
     epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     optim: OptimConfig = Field(default_factory=OptimConfig)

@@ -51,9 +51,9 @@ class ReasoningGymTask:
         """Every question, in order."""
         return [self._dataset[i]["question"] for i in range(self.size)]
 
-    def verifier(self, *, fallback: str = "none") -> Verifier:
+    def verifier(self, *, fallback: str = "none", partial_credit: bool = True) -> Verifier:
         """reasoning-gym's scoring for this task, built with this task's config."""
-        return reasoning_gym_verifier(self.name, fallback=fallback, config=self.config)
+        return reasoning_gym_verifier(self.name, fallback=fallback, config=self.config, partial_credit=partial_credit)
 
     def __repr__(self) -> str:
         return f"ReasoningGymTask({self.name!r}, seed={self.seed}, size={self.size}, config={self.config})"

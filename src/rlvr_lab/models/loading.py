@@ -121,6 +121,7 @@ def load_model_and_tokenizer(
             model = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=gguf_file, dtype=torch_dtype, local_files_only=True
             )
+            _forget_gguf_quantization(model)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
@@ -131,6 +132,19 @@ def load_model_and_tokenizer(
     model.config.use_cache = True
     model = model.to(target).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
+
+
+def _forget_gguf_quantization(model) -> None:
+    """The GGUF weights are dequantised on load, so the model is an ordinary one: drop the quantizer
+    marker that would stop ``save_pretrained`` (checkpoints are plain safetensors)."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:  # a read-only property in some versions; the quantizer is what counts
+            pass
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def _resolve_path(source: str) -> tuple[Literal["hf_dir", "gguf"], Path]:

@@ -75,6 +75,17 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         return self.entry(name).fn
 
+    def annotate(self, name: str, **meta: Any) -> None:
+        """Add facts to a registered component's ``meta`` (e.g. a metrics hook declared by the trainer).
+
+        A key that is already set to a different value is an error: annotations add, never overwrite.
+        """
+        entry = self.entry(name)
+        clash = [k for k, v in meta.items() if k in entry.meta and entry.meta[k] is not v]
+        if clash:
+            raise ValueError(f"{self.kind} {name!r}: meta {clash} is already set")
+        self._entries[name] = Entry(name=name, fn=entry.fn, meta={**entry.meta, **meta})
+
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 TOKEN_ADVANTAGE_MODIFIERS = Registry("token-advantage modifier")

@@ -54,12 +54,14 @@ def check_reasoning_gym_task(name: str) -> None:
 
 
 def reasoning_gym_verifier(
-    task: str, *, fallback: str = "none", config: Mapping[str, Any] | None = None
+    task: str, *, fallback: str = "none", config: Mapping[str, Any] | None = None, partial_credit: bool = True
 ) -> Verifier:
     """Score with reasoning-gym's own ``score_answer`` for ``task``.
 
     ``value`` is reasoning-gym's score in [0, 1] (many tasks give partial credit); ``correct`` is
-    ``value >= 1``. The example must be the full reasoning-gym entry, since some tasks score from
+    ``value >= 1``. With ``partial_credit=False`` the value is the verdict (1.0 or 0.0) and the raw
+    score stays in ``parts["score"]``: partial credit can be gamed (e.g. chain_sum credits any
+    answer that contains the right one), so binary rewards are the usual RLVR choice. The example must be the full reasoning-gym entry, since some tasks score from
     ``example["metadata"]``. ``config`` is the task config the examples were generated with: a few
     tasks (e.g. ``decimal_arithmetic``, ``puzzle24``, ``time_intervals``) read it when scoring;
     without it the task's default config is used.
@@ -71,8 +73,11 @@ def reasoning_gym_verifier(
         answer = extract_answer(text, fallback=fallback)
         if not answer:
             return _no_answer()
-        value = float(score_answer(answer, dict(example)))
-        return Score(value=value, correct=value >= 1.0 - _CORRECT_TOLERANCE)
+        score = float(score_answer(answer, dict(example)))
+        correct = score >= 1.0 - _CORRECT_TOLERANCE
+        if partial_credit:
+            return Score(value=score, correct=correct)
+        return Score(value=float(correct), correct=correct, parts={"score": score})
 
     return verify
 

@@ -7,7 +7,7 @@ early are dropped from the batch as it runs, so the others do not pay for them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +17,9 @@ from rlvr_lab.types import Generation
 
 # Compact the batch when at most this share of its rows is still running.
 COMPACT_AT = 0.75
+
+# Adaptive sampler: raw next-token logits (N, V) of the rows still decoding -> their temperatures (N,).
+TemperatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _HFCache:
@@ -151,11 +154,19 @@ class RolloutEngine:
             mask[i, lp - len(p) :] = True
         return ids.to(self.device), mask.to(self.device)
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0) -> Generation:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,
+        temperature_fn: TemperatureFn | None = None,
+    ) -> Generation:
         """Sample one continuation per prompt (repeat a prompt G times for a group).
 
         Reproducible: the same prompts, parameters and seed give the same tokens.
+        ``temperature_fn`` turns on an adaptive sampler (HAPO, arXiv 2509.16591 section 8.5): at every
+        decoding step it maps the raw logits of the rows still running to one temperature each; the
+        ``sampler_logprobs`` are then those of each row's own tempered distribution.
         """
+        if temperature_fn is not None and params.greedy:
+            raise ValueError("an adaptive temperature needs sampling (temperature > 0), not greedy decoding")
         prompt_ids, prompt_mask = self._left_pad(prompts)
         B, Lp = prompt_ids.shape
         T = params.max_new_tokens
@@ -176,8 +187,12 @@ class RolloutEngine:
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         positions = prompt_mask.sum(-1)  # (B,) next position of each row
         for step in range(T):
-            tokens, logp = sample_next(logits, params, generator)
             live = alive.nonzero().flatten()
+            temps = None
+            if temperature_fn is not None:  # finished rows keep T0; only running rows are adapted
+                temps = torch.full((logits.shape[0],), params.temperature, device=logits.device)
+                temps[live] = temperature_fn(logits[live]).to(temps.dtype)
+            tokens, logp = sample_next(logits, params, generator, temps)
             r = rows[live]
             out_ids[r, step] = tokens[live]
             out_logp[r, step] = logp[live]

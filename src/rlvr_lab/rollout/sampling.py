@@ -1,4 +1,9 @@
-"""Next-token sampling from a batch of logits: temperature, top-k, top-p, greedy."""
+"""Next-token sampling from a batch of logits: temperature, top-k, top-p, greedy.
+
+The temperature is one number for the batch (``SamplingParams.temperature``) or, for an adaptive
+sampler such as HAPO's (arXiv 2509.16591, section 8.5), one per row; either way the returned
+log-probs are those of the distribution each token was actually drawn from.
+"""
 
 from __future__ import annotations
 
@@ -44,13 +49,18 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def filtered_logprobs(
+    logits: torch.Tensor, params: SamplingParams, temperature: torch.Tensor | None = None
+) -> torch.Tensor:
     """Log-probs of the distribution actually sampled from, (N, V) float32 -> (N, V) float32.
 
     Temperature scaling, then top-k, then top-p (nucleus) renormalisation; filtered tokens get -inf.
+    ``temperature`` (N,) > 0, when given, replaces ``params.temperature`` row by row.
     """
     x = logits.float()
-    if params.temperature not in (0.0, 1.0):
+    if temperature is not None:
+        x = x / temperature.to(x.device, torch.float32).unsqueeze(-1)  # (N, V)
+    elif params.temperature not in (0.0, 1.0):
         x = x / params.temperature
     if params.top_k and params.top_k < x.shape[-1]:
         kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]  # (N, 1)
@@ -66,12 +76,17 @@ def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
 
 
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    temperature: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
     Args:
         logits: (N, V) next-token logits.
+        temperature: optional (N,) per-row temperature (> 0) replacing ``params.temperature``;
+            ignored for greedy decoding.
     Returns:
         tokens (N,) long and their log-probs (N,) float32 under the sampling distribution (for
         greedy decoding: under the unscaled model distribution).
@@ -80,6 +95,6 @@ def sample_next(
         logp = torch.log_softmax(logits.float(), dim=-1)
         tokens = logp.argmax(dim=-1)
     else:
-        logp = filtered_logprobs(logits, params)
+        logp = filtered_logprobs(logits, params, temperature)
         tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

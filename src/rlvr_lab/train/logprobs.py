@@ -3,29 +3,42 @@
 The vocabulary projection is done a chunk of positions at a time, and under autograd each chunk
 is checkpointed: only the final hidden states are kept for backward, so no ``(B, T, V)``
 log-softmax copy is ever held (the logits of one chunk live only while that chunk is processed).
+
+Methods that need more than the sampled token's log-prob from the full distribution (Lp-Reg's
+proxy log-prob) pass *chunk functions* ``fn(logits (N, V), targets (N,)) -> (N,)``: each sees one
+chunk's raw logits and only its ``(N,)`` result is kept, so the result is ``(B, T)``, never
+``(B, T, V)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK_TOKENS = 1024
 
+# fn(raw logits (N, V) of one chunk, not divided by the temperature, targets (N,) long) -> (N,)
+ChunkFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class TokenStats:
     logprobs: torch.Tensor  # (B, T) float32, log π(y_t | prefix); carries grad when requested
     entropy: torch.Tensor | None  # (B, T) float32, entropy of π(· | prefix); None if not requested
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, T) per chunk function, no grad
+    hidden: torch.Tensor | None = None  # (B, T, d) detached final hidden states; None if not requested
 
 
 def _chunk_stats(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-    temperature: float, with_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    temperature: float, with_entropy: bool, fns: tuple[ChunkFn, ...] = (),
+) -> tuple[torch.Tensor, ...]:
     logits = torch.nn.functional.linear(hidden, weight, bias).float()  # (N, V)
+    with torch.no_grad():
+        extras = tuple(fn(logits.detach(), targets) for fn in fns)  # each (N,)
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
@@ -35,7 +48,7 @@ def _chunk_stats(
         ent = lse - (probs * logits).sum(-1)
     else:
         ent = torch.zeros_like(lse)
-    return logp, ent
+    return (logp, ent, *extras)
 
 
 def token_stats_from_hidden(
@@ -46,28 +59,50 @@ def token_stats_from_hidden(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_fns: Mapping[str, ChunkFn] | None = None,
 ) -> TokenStats:
     """Log-probs of ``targets`` (B, T) from final hidden states ``hidden`` (B, T, d).
 
     ``temperature`` divides the logits, matching a sampler that used that temperature.
+    ``chunk_fns`` (name -> fn) are evaluated on each chunk's raw logits without gradient; their
+    ``(N,)`` results are returned as ``(B, T)`` tensors in ``TokenStats.extras``. They are meant for
+    the no-grad old-policy pass and are refused under autograd (a checkpointed chunk would run them
+    twice).
     """
     B, T, d = hidden.shape
     flat_h = hidden.reshape(B * T, d)
     flat_y = targets.reshape(B * T)
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
-    logps, ents = [], []
+    names = tuple(chunk_fns or {})
+    fns = tuple((chunk_fns or {})[n] for n in names)
+    if use_ckpt and fns:
+        raise ValueError(f"chunk functions {names} run only in a no-grad pass")
+    parts: list[tuple[torch.Tensor, ...]] = []
     for lo in range(0, B * T, chunk_tokens):
         args = (flat_h[lo : lo + chunk_tokens], lm_head.weight, lm_head.bias, flat_y[lo : lo + chunk_tokens],
-                temperature, with_entropy)
-        if use_ckpt:
-            lp, en = checkpoint(_chunk_stats, *args, use_reentrant=False)
-        else:
-            lp, en = _chunk_stats(*args)
-        logps.append(lp)
-        ents.append(en)
-    logp = torch.cat(logps).view(B, T)
-    ent = torch.cat(ents).view(B, T) if with_entropy else None
-    return TokenStats(logprobs=logp, entropy=ent)
+                temperature, with_entropy, fns)
+        parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args))
+    columns = [torch.cat(col).view(B, T) for col in zip(*parts)] if parts else [hidden.new_zeros(B, T)] * (2 + len(fns))
+    return TokenStats(
+        logprobs=columns[0],
+        entropy=columns[1] if with_entropy else None,
+        extras=dict(zip(names, columns[2:])),
+    )
+
+
+def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
+    """Final hidden states that predict the response tokens ``input_ids[:, response_start:]``.
+
+    Args:
+        input_ids: (B, Lp + T) left-padded prompt then right-padded response.
+        attention_mask: (B, Lp + T) bool.
+    Returns:
+        (B, T, d): row ``t`` is the state before response token ``t`` (the LM head's input).
+    """
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    out = body(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=positions, use_cache=False)
+    return out.last_hidden_state[:, response_start - 1 : -1]
 
 
 def sequence_token_stats(
@@ -79,21 +114,24 @@ def sequence_token_stats(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_fns: Mapping[str, ChunkFn] | None = None,
+    with_hidden: bool = False,
 ) -> TokenStats:
     """Stats of the response tokens ``input_ids[:, response_start:]`` given everything before them.
 
     Args:
         input_ids: (B, Lp + T) left-padded prompt then right-padded response.
         attention_mask: (B, Lp + T) bool.
+        chunk_fns: see :func:`token_stats_from_hidden` (no-grad passes only).
+        with_hidden: also return the detached (B, T, d) final hidden states (THR/NTHR scores).
     Returns:
         :class:`TokenStats` with (B, T) tensors aligned with the response tokens.
     """
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    out = body(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=positions, use_cache=False)
-    hidden = out.last_hidden_state[:, response_start - 1 : -1]  # (B, T, d): state before each response token
-    targets = input_ids[:, response_start:]
-    return token_stats_from_hidden(
-        hidden, model.get_output_embeddings(), targets,
-        temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+    hidden = response_hidden(model, input_ids, attention_mask, response_start)  # (B, T, d)
+    stats = token_stats_from_hidden(
+        hidden, model.get_output_embeddings(), input_ids[:, response_start:],
+        temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens, chunk_fns=chunk_fns,
     )
+    if with_hidden:
+        stats.hidden = hidden.detach()
+    return stats

@@ -1,8 +1,9 @@
 """The native trainer: supervised warm-start, then GRPO-family RL, on one machine.
 
 ``Trainer.run`` reads as the algorithm: for each step, roll out a group of responses per prompt,
-score them, compute advantages, recompute old (and reference) log-probs, update the policy in
-mini-batches, log, evaluate and checkpoint.
+score them, recompute old (and reference) log-probs, compute advantages, update the policy in
+mini-batches, log, evaluate and checkpoint. What individual methods (LLDS, Lp-Reg, THR, HAPO,
+SPEAR, ...) need from these stages is answered by :class:`rlvr_lab.train.methods.Methods`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,13 @@ from rlvr_lab.objectives import (
     informative_groups,
     overlong_penalty,
 )
+from rlvr_lab.objectives.thr import SCORE_KEY
 from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
 from rlvr_lab.train.checkpoint import MetricsWriter, make_run_dir, prune_checkpoints, save_checkpoint
+from rlvr_lab.train.methods import SINGLE_TURN_PROVIDES, FixedSchedule, Methods, both, check_inputs, startup_warnings
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 from rlvr_lab.train.sft import supervised_warmstart
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
@@ -87,6 +91,11 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        check_inputs(cfg, SINGLE_TURN_PROVIDES)  # the rollouts below are single-turn
+        self.warnings = startup_warnings(cfg)
+        for message in self.warnings:
+            warnings.warn(message, stacklevel=2)
+            self.report("warning", message=message)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
@@ -103,7 +112,7 @@ class Trainer:
             eval_size=cfg.task.eval_size, seed=cfg.task.seed,
         )
         verifier = task_rubric(
-            self.train_task.verifier(fallback=cfg.task.answer_fallback), format_weight=cfg.task.format_weight
+            self.train_task.verifier(fallback=cfg.task.answer_fallback, partial_credit=cfg.task.partial_credit), format_weight=cfg.task.format_weight
         )
         self.env = SingleTurnEnv(
             tokenizer=self.tokenizer, verifier=verifier, instruction=cfg.task.instruction,
@@ -116,8 +125,12 @@ class Trainer:
         if not self.train_indices:
             raise ValueError("every training question also occurs in the eval set; use a larger task space")
         self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
+        self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        ds = cfg.algorithm.dynamic_sampling  # prompt offsets: warm-start examples first, then RL rounds
+        self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
+        self.rounds_per_step_hint = max(1, ds.max_gen_batches) if ds.enabled else 1
         self.ref_model = None
         self.summary: dict[str, Any] = {
             "run_dir": str(self.run_dir),
@@ -126,6 +139,7 @@ class Trainer:
             "params": sum(p.numel() for p in self.model.parameters()),
             "train_questions_dropped_as_eval_duplicates": len(self.train_task) - len(self.train_indices),
             "rollout_backend": self.engine.backend,
+            "warnings": self.warnings,
         }
         self.report("setup", summary=self.summary, config=cfg)
 
@@ -151,6 +165,7 @@ class Trainer:
             lambda step, n: self.train_examples(n, step * n),
             steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim,
             target_template=cfg.target_template, on_step=on_step,
+            loss=cfg.loss.name, loss_params=cfg.loss.params,
         )
         self.summary["sft"] = {"steps": cfg.steps, "final_loss": history[-1]["sft/loss"],
                                "seconds": time.perf_counter() - t0}
@@ -187,7 +202,7 @@ class Trainer:
         prompt_ids = self.engine.encode([self.env.render(ex) for ex in examples])
         gen = self.engine.generate(
             [p for p in prompt_ids for _ in range(G)], self.sampling_params(),
-            seed=self.cfg.run.seed * 1_000_003 + step * 1009 + round_,
+            seed=self.cfg.run.seed * 1_000_003 + step * 1009 + round_, temperature_fn=self.methods.temperature_fn(),
         )
         repeated = [ex for ex in examples for _ in range(G)]
         scores = self.env.score(gen.texts, repeated)
@@ -199,6 +214,8 @@ class Trainer:
             rewards = rewards + penalty
             metrics["dapo/overlong_reward"] = float(penalty.mean())
             metrics["dapo/overlong_ratio"] = float((penalty < 0).float().mean())
+        rewards, bonus_metrics = self.methods.shape_rewards(rewards, None, step - 1)  # single-turn: no tool calls
+        metrics.update(bonus_metrics)
         lengths = gen.response_lengths.float()
         metrics.update({
             "rollout/response_len_mean": float(lengths.mean()),
@@ -240,6 +257,7 @@ class Trainer:
         if ds.enabled:
             metrics["dapo/num_gen_batches"] = float(round_)
             metrics["dapo/kept_groups"] = float(n_kept)
+        metrics.update(self.methods.rollout_metrics())
         if not kept:
             return Rollout(batch=None, metrics=metrics, sample_texts=samples)
         batch = concat_batches(kept, self.tokenizer.pad_token_id)
@@ -247,34 +265,75 @@ class Trainer:
             batch = batch.select(torch.arange(P * G))
         return Rollout(batch=batch, metrics=metrics, sample_texts=samples)
 
-    def advantages(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
-        """Sequence advantages from the estimator, broadcast to tokens, then the token modifiers."""
+    def advantages(self, batch: Batch, step: int) -> tuple[Batch, dict[str, float]]:
+        """Sequence advantages from the estimator, broadcast to tokens, then the token modifiers;
+        finally the rows that sample filters (PSR/NSR subsets, GRPO-N, SPEAR's group filter) drop."""
         G, algo = self.cfg.train.group_size, self.cfg.algorithm
-        ctx = step_context(batch, None, entropy=None)
+        ctx = step_context(batch, None, entropy=None, global_step=step - 1)
         ctx.group_size = G
-        estimator = ADVANTAGE_ESTIMATORS.get(algo.advantage.name)
-        seq_adv = estimator(batch.rewards.view(-1, G), ctx, **algo.advantage.params).reshape(-1)
-        adv = broadcast_to_tokens(seq_adv.to(batch.loss_mask.device), batch.loss_mask)
-        metrics: dict[str, float] = {}
+        rewards = batch.rewards.view(-1, G)  # (P, G)
+        seq_adv = ADVANTAGE_ESTIMATORS.get(algo.advantage.name)(rewards, ctx, **algo.advantage.params)
+        keep = self.methods.estimator_keep(rewards, ctx)  # (P, G) or None
+        metrics = self.methods.estimator_metrics(rewards, seq_adv, ctx, keep)
+        keep = None if keep is None else keep.reshape(-1)
+        adv = broadcast_to_tokens(seq_adv.reshape(-1).to(batch.loss_mask.device), batch.loss_mask)
         for comp in algo.token_modifiers:
+            keep = both(keep, self.methods.modifier_keep(comp, adv, batch.loss_mask, ctx))
             adv, extra = TOKEN_ADVANTAGE_MODIFIERS.get(comp.name)(adv, batch.loss_mask, ctx, **comp.params)
             metrics.update({k: float(v) for k, v in extra.items()})
         batch.advantages = adv
-        return batch, metrics
+        batch, filter_metrics = self.methods.drop_rows(batch, keep)
+        return batch, {**metrics, **filter_metrics}
 
-    def prepare(self, batch: Batch) -> tuple[Batch, torch.Tensor | None]:
-        """Old (and reference) log-probs without gradient; returns old-policy entropy for metrics."""
-        mbs = self.cfg.train.micro_batch_size
+    def prepare(self, batch: Batch) -> Batch:
+        """Everything from the old (and reference) policy without gradient: log-probs, entropy, the
+        chunk-wise extras (Lp-Reg proxy) and, for THR/NTHR, the token hidden reward."""
+        mbs, temperature = self.cfg.train.micro_batch_size, self.spec.temperature
         batch = batch.to(self.device)
-        batch.old_logprobs, entropy = score_tokens(
-            self.model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=True
+        self.methods.row_inputs(batch)
+        old = score_tokens(
+            self.model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=True,
+            chunk_fns=self.methods.chunk_fns(temperature), with_hidden=self.methods.needs_hidden,
         )
-        batch.extras["old_entropy"] = entropy
+        batch.old_logprobs = old.logprobs
+        batch.extras["old_entropy"] = old.entropy
+        batch.extras.update(old.extras)  # (B, T) each
+        if old.hidden is not None:
+            batch.extras[SCORE_KEY] = self.methods.token_hidden_reward(self.model, batch, old.hidden, temperature)
+        self.methods.after_old_pass(batch)
         if self.ref_model is not None:
-            batch.ref_logprobs, _ = score_tokens(
-                self.ref_model, batch, temperature=self.spec.temperature, micro_batch_size=mbs, with_entropy=False
-            )
-        return batch, entropy
+            batch.ref_logprobs = score_tokens(
+                self.ref_model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=False
+            ).logprobs
+        return batch
+
+    def update(self, batch: Batch, step: int, optimizer, scheduler) -> dict[str, float]:
+        """The on-policy update, then (SPEAR) storing promising rows and any replay update."""
+        tcfg, spear = self.cfg.train, self.methods.spear
+        record = spear.store(batch, step - 1) if spear else {}
+        record.update(policy_update(
+            self.model, optimizer, scheduler, batch, self.spec, minibatches=tcfg.minibatches, epochs=tcfg.epochs,
+            micro_batch_size=tcfg.micro_batch_size, max_grad_norm=tcfg.optim.max_grad_norm,
+            generator=self.generator, context=self.methods.context(step - 1), global_step=step - 1,
+        ))
+        if spear:
+            record.update(self.replay(step, optimizer))
+        return record
+
+    def replay(self, step: int, optimizer) -> dict[str, float]:
+        """SPEAR self-imitation: optimiser steps on a replay batch, its loss scaled by replay_coef(step)."""
+        tcfg, spear = self.cfg.train, self.methods.spear
+        batch, coef, record = spear.replay_batch(step - 1, self.generator)
+        if batch is None:
+            return record
+        out = policy_update(
+            self.model, optimizer, FixedSchedule(), batch.to(self.device), spear.replay_spec(self.spec, coef),
+            minibatches=spear.cfg.replay.minibatches, epochs=1, micro_batch_size=tcfg.micro_batch_size,
+            max_grad_norm=tcfg.optim.max_grad_norm, generator=self.generator,
+            context=self.methods.context(step - 1), global_step=step - 1,
+        )
+        record.update({f"spear/replay_{k.replace('/', '_')}": v for k, v in out.items()})
+        return record
 
     def save(self, name: str, step: int) -> Path:
         return save_checkpoint(self.model, self.tokenizer, self.run_dir / "checkpoints" / name,
@@ -282,12 +341,27 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------
 
+    def rl_step(self, step: int, optimizer, scheduler) -> tuple[dict[str, float], list[str]]:
+        """One RL step: roll out and score, old-policy pass, advantages, update; its record and samples."""
+        t0 = time.perf_counter()
+        rollout = self.collect(step)
+        record: dict[str, float] = {**rollout.metrics, "time/rollout_s": time.perf_counter() - t0}
+        if rollout.batch is None:
+            record["policy/skipped_updates"] = 1.0
+        else:
+            batch = self.prepare(rollout.batch)
+            batch, adv_metrics = self.advantages(batch, step)
+            record.update(adv_metrics)
+            record.update(token_summary(batch, batch.extras.get("old_entropy")))
+            record.update(advantage_summary(batch))
+            record.update(self.update(batch, step, optimizer, scheduler))
+        record["time/step_s"] = time.perf_counter() - t0
+        return record, rollout.sample_texts
+
     def run(self) -> dict[str, Any]:
         if not hasattr(self, "run_dir"):
             self.setup()
         cfg, tcfg = self.cfg, self.cfg.train
-        self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
-        self.rounds_per_step_hint = max(1, cfg.algorithm.dynamic_sampling.max_gen_batches) if cfg.algorithm.dynamic_sampling.enabled else 1
         step = 0
         status = "completed"
         try:
@@ -301,32 +375,10 @@ class Trainer:
             total_opt_steps = tcfg.steps * tcfg.minibatches * tcfg.epochs
             scheduler = build_scheduler(optimizer, warmup_steps=opt.warmup_steps, total_steps=total_opt_steps, schedule=opt.schedule)
             for step in range(1, tcfg.steps + 1):
-                t0 = time.perf_counter()
-                rollout = self.collect(step)
-                t_rollout = time.perf_counter() - t0
-                record: dict[str, float] = dict(rollout.metrics)
-                if rollout.batch is not None:
-                    batch, entropy = self.prepare(rollout.batch)
-                    batch, adv_metrics = self.advantages(batch)
-                    record.update(adv_metrics)
-                    record.update(token_summary(batch, entropy))
-                    adv = batch.advantages[batch.loss_mask]
-                    record["adv/mean"] = float(adv.mean()) if adv.numel() else 0.0
-                    record["adv/abs_mean"] = float(adv.abs().mean()) if adv.numel() else 0.0
-                    record["adv/frac_zero"] = float((adv == 0).float().mean()) if adv.numel() else 1.0
-                    record.update(policy_update(
-                        self.model, optimizer, scheduler, batch, self.spec,
-                        minibatches=tcfg.minibatches, epochs=tcfg.epochs,
-                        micro_batch_size=tcfg.micro_batch_size, max_grad_norm=opt.max_grad_norm,
-                        generator=self.generator,
-                    ))
-                else:
-                    record["policy/skipped_updates"] = 1.0
-                record["time/rollout_s"] = t_rollout
-                record["time/step_s"] = time.perf_counter() - t0
+                record, samples = self.rl_step(step, optimizer, scheduler)
                 record["optim/lr"] = scheduler.get_last_lr()[0]
                 self.metrics.write({"stage": "rl", "step": step, **record})
-                self.report("rl_step", step=step, total=tcfg.steps, record=record, samples=rollout.sample_texts)
+                self.report("rl_step", step=step, total=tcfg.steps, record=record, samples=samples)
                 if cfg.eval.enabled and cfg.eval.every and step % cfg.eval.every == 0 and step < tcfg.steps:
                     self.evaluate(f"step_{step}", step)
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
@@ -348,6 +400,14 @@ class Trainer:
                 self.metrics.close()
             self.report("done", summary=self.summary)
         return self.summary
+
+
+def advantage_summary(batch: Batch) -> dict[str, float]:
+    adv = batch.advantages[batch.loss_mask]
+    if not adv.numel():
+        return {"adv/mean": 0.0, "adv/abs_mean": 0.0, "adv/frac_zero": 1.0}
+    return {"adv/mean": float(adv.mean()), "adv/abs_mean": float(adv.abs().mean()),
+            "adv/frac_zero": float((adv == 0).float().mean())}
 
 
 def accuracy_gain(summary: dict[str, Any], key: str = "eval/pass@1") -> tuple[float, float]:

@@ -1,4 +1,9 @@
-"""Supervised warm-start: teach the answer format (and some of the task) before RL."""
+"""Supervised warm-start: teach the answer format (and some of the task) before RL.
+
+The objective is next-token cross-entropy or, selectable by config, the Diversity-or-Precision
+loss (arXiv 2512.22955; spec section 9), computed a chunk of positions at a time from the final
+hidden states so that no ``(B, T, V)`` tensor is kept for backward.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from typing import Any
 import torch
 
 from rlvr_lab.objectives import masked_mean
+from rlvr_lab.objectives.div_prec import IGNORE_INDEX, div_prec_chunked_loss
 from rlvr_lab.train.batching import supervised_batch
-from rlvr_lab.train.logprobs import sequence_token_stats
+from rlvr_lab.train.logprobs import response_hidden, sequence_token_stats
+from rlvr_lab.types import Batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler, clip_and_step
 
 
@@ -17,6 +24,26 @@ def sft_targets(tokenizer, examples: Sequence[Mapping[str, Any]], template: str)
     """Token ids of ``template.format(answer=...)`` followed by EOS, per example."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return [tokenizer.encode(template.format(answer=ex["answer"]), add_special_tokens=False) + eos for ex in examples]
+
+
+def cross_entropy_loss(model, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy over the target tokens."""
+    stats = sequence_token_stats(model, batch.input_ids, batch.attention_mask, batch.response_start)
+    return -masked_mean(stats.logprobs, batch.loss_mask), {}
+
+
+def div_prec_loss(model, batch: Batch, **params) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Diversity-or-Precision loss (arXiv 2512.22955), mean over the target tokens, and its metrics."""
+    hidden = response_hidden(model, batch.input_ids, batch.attention_mask, batch.response_start)  # (B, T, d)
+    targets = batch.input_ids[:, batch.response_start :].masked_fill(~batch.loss_mask, IGNORE_INDEX)  # (B, T)
+    head = model.get_output_embeddings()
+    per_token, metrics = div_prec_chunked_loss(
+        hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1), lm_head_bias=head.bias, **params
+    )  # (B*T,), 0 on ignored positions
+    return per_token.sum() / batch.loss_mask.sum().clamp_min(1), metrics
+
+
+SFT_LOSSES = {"cross_entropy": cross_entropy_loss, "div_prec": div_prec_loss}
 
 
 def supervised_warmstart(
@@ -30,11 +57,15 @@ def supervised_warmstart(
     optim,
     target_template: str,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    loss: str = "cross_entropy",
+    loss_params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """``steps`` steps of next-token cross-entropy on ``target_template`` responses.
+    """``steps`` steps of the ``loss`` objective (a name in :data:`SFT_LOSSES`) on ``target_template`` responses.
 
     ``next_examples(step, n)`` returns the examples of a step; ``render`` turns one into the prompt.
+    The record of each step has ``sft/loss`` plus the objective's own metrics (``div_prec/*``).
     """
+    loss_fn = SFT_LOSSES[loss]
     optimizer = build_optimizer(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, total_steps=steps, schedule=optim.schedule)
     pad = tokenizer.pad_token_id
@@ -45,11 +76,11 @@ def supervised_warmstart(
         prompts = [tokenizer.encode(render(ex), add_special_tokens=False) for ex in examples]
         batch = supervised_batch(prompts, sft_targets(tokenizer, examples, target_template), pad)
         batch = batch.to(next(model.parameters()).device)
-        stats = sequence_token_stats(model, batch.input_ids, batch.attention_mask, batch.response_start)
-        loss = -masked_mean(stats.logprobs, batch.loss_mask)
-        loss.backward()
+        value, metrics = loss_fn(model, batch, **(loss_params or {}))
+        value.backward()
         grad_norm, _ = clip_and_step(model, optimizer, scheduler, optim.max_grad_norm)
-        record = {"sft/loss": loss.item(), "sft/grad_norm": grad_norm, "sft/lr": scheduler.get_last_lr()[0]}
+        record = {"sft/loss": value.item(), "sft/grad_norm": grad_norm, "sft/lr": scheduler.get_last_lr()[0]}
+        record.update({k: float(v) for k, v in metrics.items()})
         history.append(record)
         if on_step is not None:
             on_step(step, record)

@@ -4,12 +4,18 @@ Order of stages (spec section 0.4): token advantages are ready on the batch; for
 the policy log-probs are computed with gradient, the configured policy loss gives a ``(B, T)``
 matrix, the aggregator reduces it with whole-mini-batch denominators, and the auxiliary terms
 (KL to the reference, entropy bonus) are added, each with its own normalisation.
+
+Method state that is not a per-row tensor (the Clip-Cov generator, LLDS's whole-mini-batch
+``|Y_pre|``) enters through a *context function* ``context(mini) -> dict`` called once per
+mini-batch; its result is merged into ``StepContext.extras`` of every micro-batch.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,8 +30,10 @@ from rlvr_lab.objectives import (
     kl_estimate,
     masked_mean,
 )
-from rlvr_lab.train.logprobs import sequence_token_stats
+from rlvr_lab.train.logprobs import ChunkFn, TokenStats, sequence_token_stats
 from rlvr_lab.types import Batch
+
+ContextFn = Callable[[Batch], dict[str, Any]]  # mini-batch -> extra ctx.extras (method state)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class LossSpec:
     temperature: float = 1.0
     token_overrides: tuple[tuple[str, dict], ...] = ()  # (name, params), applied in order
     aux_losses: tuple[tuple[str, dict], ...] = ()  # (name, params), each adds its own scalar
+    coef: float = 1.0  # weight of the whole loss (SPEAR replay coefficient); logged losses stay unweighted
 
     @property
     def needs_current_entropy(self) -> bool:
@@ -70,9 +79,14 @@ class LossSpec:
 
 
 def micro_batch_loss(
-    model, mb: Batch, spec: LossSpec, den: Denominators | None, scale: float = 1.0
+    model, mb: Batch, spec: LossSpec, den: Denominators | None, scale: float = 1.0,
+    extras: dict[str, Any] | None = None, global_step: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of one micro-batch (already scaled to its share of the mini-batch) and its metrics."""
+    """Loss of one micro-batch (already scaled to its share of the mini-batch) and its metrics.
+
+    ``extras`` (mini-batch-level method state) is merged into ``ctx.extras``; ``global_step`` is the
+    RL step from 0.
+    """
     stats = sequence_token_stats(
         model,
         mb.input_ids,
@@ -83,7 +97,8 @@ def micro_batch_loss(
     )
     logp = stats.logprobs  # (b, T)
     mask = mb.loss_mask
-    ctx = step_context(mb, den, entropy=None if stats.entropy is None else stats.entropy.detach())
+    entropy = None if stats.entropy is None else stats.entropy.detach()
+    ctx = step_context(mb, den, entropy=entropy, extras=extras, global_step=global_step)
     loss_fn = POLICY_LOSSES.get(spec.policy_loss)
     pg_mat, metrics = loss_fn(logp, mb.old_logprobs, mb.advantages, mask, ctx, **spec.policy_params)
     for name, params in spec.token_overrides:
@@ -107,40 +122,78 @@ def micro_batch_loss(
         # each auxiliary loss owns its normalisation, using the whole-mini-batch counts in ctx
         aux, extra = AUX_LOSSES.get(name)(logp, mb.old_logprobs, mb.advantages, mask, ctx, **params)
         total = total + aux * scale
-        metrics.update(extra)
-    return total, metrics
+        # its loss metric becomes this micro-batch's share, like grpo/pg_loss, so shares add up
+        metrics.update({k: v * scale if is_loss_share(k) else v for k, v in extra.items()})
+    return total * spec.coef, metrics
 
 
-def step_context(mb: Batch, den: Denominators | None, *, entropy: torch.Tensor | None) -> StepContext:
-    """Detached side inputs of one micro-batch for the objectives."""
-    extras = mb.extras
+def step_context(
+    mb: Batch, den: Denominators | None, *, entropy: torch.Tensor | None,
+    extras: dict[str, Any] | None = None, global_step: int = 0,
+) -> StepContext:
+    """Detached side inputs of one micro-batch for the objectives.
+
+    ``ctx.extras`` holds the batch's per-row method tensors (``mb.extras``, e.g. THR scores) plus
+    the mini-batch-level ``extras``.
+    """
+    rows = mb.extras
     return StepContext(
         rewards=mb.rewards,
-        correct=extras.get("correct"),
+        correct=rows.get("correct"),
         group_ids=mb.group_ids,
         response_lengths=mb.loss_mask.sum(-1),
         ref_logprobs=mb.ref_logprobs,
         entropy=entropy,
-        old_entropy=extras.get("old_entropy"),
-        proxy_logprobs=extras.get("proxy_logprobs"),
-        action_ids=extras.get("action_ids"),
-        answer_mask=extras.get("answer_mask"),
+        old_entropy=rows.get("old_entropy"),
+        proxy_logprobs=rows.get("proxy_logprobs"),
+        action_ids=rows.get("action_ids"),
+        answer_mask=rows.get("answer_mask"),
         num_tokens=None if den is None else den.num_tokens,
         num_sequences=None if den is None else den.num_sequences,
-        tool_calls=extras.get("tool_calls"),
-        valid_searches=extras.get("valid_searches"),
+        global_step=global_step,
+        tool_calls=rows.get("tool_calls"),
+        valid_searches=rows.get("valid_searches"),
+        extras={**rows, **(extras or {})},
     )
+
+
+# How a micro-batch metric combines into its mini-batch value (spec 0.7: "a mean over the optimiser
+# step's micro-batches unless it is a count"), matched on the name after the namespace. Loss shares
+# and counts are summed; everything else is a rate, averaged with weights proportional to size.
+LOSS_SHARE_NAMES = ("loss",)  # `llds/loss`
+LOSS_SHARE_SUFFIXES = ("_loss", "_bonus")  # `grpo/pg_loss`, `grpo/kl_loss`, `policy/entropy_bonus`
+COUNT_PREFIXES = ("num_",)  # `lp_reg/num_selected`, `clip_cov/num_zeroed`
+COUNT_SUFFIXES = ("_count",)  # `hapo/pg_clipfrac_count`
+
+
+def _name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def is_loss_share(key: str) -> bool:
+    """A micro-batch's share of the mini-batch loss (it is scaled so that the shares add up)."""
+    return _name(key) in LOSS_SHARE_NAMES or _name(key).endswith(LOSS_SHARE_SUFFIXES)
+
+
+def is_count(key: str) -> bool:
+    return _name(key).startswith(COUNT_PREFIXES) or _name(key).endswith(COUNT_SUFFIXES)
+
+
+def is_summed_metric(key: str) -> bool:
+    """True for loss shares and counts (summed over micro-batches); rates are size-weighted means."""
+    return is_loss_share(key) or is_count(key)
 
 
 def minibatch_update(
     model, optimizer, scheduler, mini: Batch, spec: LossSpec, *, micro_batch_size: int,
-    max_grad_norm: float | None,
+    max_grad_norm: float | None, context: ContextFn | None = None, global_step: int = 0,
 ) -> dict[str, float]:
     """One optimiser step over ``mini`` with gradient accumulation across micro-batches.
 
     With ``global_normalization`` the denominators are counted over the whole mini-batch, so the
     accumulated gradient equals the gradient of the mini-batch loss whatever the micro-batch size.
     Otherwise each micro-batch normalises itself and the results are averaged (the reference forks).
+    ``context(mini)`` gives the mini-batch-level ``ctx.extras`` (see the module docstring).
     """
     from rlvr_lab.train.optim import clip_and_step
 
@@ -148,15 +201,15 @@ def minibatch_update(
     starts = list(range(0, n, micro_batch_size))
     den = denominators(mini.loss_mask, exclude_empty_sequences=spec.exclude_empty_sequences) if spec.global_normalization else None
     scale = 1.0 if spec.global_normalization else 1.0 / len(starts)
+    extras = context(mini) if context is not None else {}
     sums: dict[str, float] = defaultdict(float)
     for lo in starts:
         mb = mini.select(torch.arange(lo, min(lo + micro_batch_size, n)))
-        loss, metrics = micro_batch_loss(model, mb, spec, den, scale)
+        loss, metrics = micro_batch_loss(model, mb, spec, den, scale, extras, global_step)
         loss.backward()
         weight = len(mb) / n
         for key, value in metrics.items():
-            # losses are already shares of the mini-batch loss; rates are averaged by size
-            sums[key] += float(value) if key.endswith("_loss") or key.endswith("_bonus") else float(value) * weight
+            sums[key] += float(value) if is_summed_metric(key) else float(value) * weight
     grad_norm, stepped = clip_and_step(model, optimizer, scheduler, max_grad_norm)
     sums["policy/grad_norm"] = grad_norm
     sums["policy/skipped_steps"] = float(not stepped)
@@ -164,44 +217,62 @@ def minibatch_update(
 
 
 @torch.no_grad()
-def score_tokens(model, batch: Batch, *, temperature: float, micro_batch_size: int, with_entropy: bool):
-    """Log-probs (and entropy) of the batch's response tokens without gradient, (B, T) each."""
+def score_tokens(
+    model, batch: Batch, *, temperature: float, micro_batch_size: int, with_entropy: bool,
+    chunk_fns: Mapping[str, ChunkFn] | None = None, with_hidden: bool = False,
+) -> TokenStats:
+    """Stats of the batch's response tokens without gradient, micro-batch by micro-batch.
+
+    Returns (B, T) log-probs, entropy if asked, one (B, T) tensor per chunk function (e.g. Lp-Reg's
+    proxy log-prob, computed chunk-wise from the full logits, which are never kept), and the
+    (B, T, d) final hidden states if asked (THR/NTHR).
+    """
     was_training = model.training
     model.eval()
-    logps, ents = [], []
+    parts: list[TokenStats] = []
     for lo in range(0, len(batch), micro_batch_size):
         mb = batch.select(torch.arange(lo, min(lo + micro_batch_size, len(batch))))
-        stats = sequence_token_stats(
+        parts.append(sequence_token_stats(
             model, mb.input_ids, mb.attention_mask, mb.response_start,
-            temperature=temperature, with_entropy=with_entropy,
-        )
-        logps.append(stats.logprobs)
-        if with_entropy:
-            ents.append(stats.entropy)
+            temperature=temperature, with_entropy=with_entropy, chunk_fns=chunk_fns, with_hidden=with_hidden,
+        ))
     model.train(was_training)
-    return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
+    return TokenStats(
+        logprobs=torch.cat([p.logprobs for p in parts]),
+        entropy=torch.cat([p.entropy for p in parts]) if with_entropy else None,
+        extras={k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras},
+        hidden=torch.cat([p.hidden for p in parts]) if with_hidden else None,
+    )
 
 
 def policy_update(
     model, optimizer, scheduler, batch: Batch, spec: LossSpec, *, minibatches: int, epochs: int,
     micro_batch_size: int, max_grad_norm: float | None, generator: torch.Generator,
+    context: ContextFn | None = None, global_step: int = 0,
 ) -> dict[str, float]:
     """All optimiser steps for one rollout batch: ``epochs`` passes of ``minibatches`` shuffled mini-batches.
 
     After the first optimiser step the policy differs from ``old_logprobs``: that is what makes
     the ratio, the clip and the off-policy methods meaningful.
+
+    Mini-batches have ``len(batch) // minibatches`` rows; when a sample filter left a batch whose
+    size is not a multiple of ``minibatches``, the remainder rows (chosen at random by the shuffle)
+    are dropped from that epoch and counted in ``policy/dropped_rows``. With fewer rows than
+    mini-batches there is no update (``policy/skipped_updates``).
     """
+    size = len(batch) // minibatches
+    if size == 0:
+        return {"policy/skipped_updates": 1.0, "policy/optimizer_steps": 0.0}
     model.train()
     per_step: list[dict[str, float]] = []
-    size = len(batch) // minibatches
     for _ in range(epochs):
         order = torch.randperm(len(batch), generator=generator)
         for m in range(minibatches):
             mini = batch.select(order[m * size : (m + 1) * size])
             per_step.append(
                 minibatch_update(
-                    model, optimizer, scheduler, mini, spec,
-                    micro_batch_size=micro_batch_size, max_grad_norm=max_grad_norm,
+                    model, optimizer, scheduler, mini, spec, micro_batch_size=micro_batch_size,
+                    max_grad_norm=max_grad_norm, context=context, global_step=global_step,
                 )
             )
     model.eval()
@@ -209,6 +280,7 @@ def policy_update(
     out = {k: sum(s.get(k, 0.0) for s in per_step) / len(per_step) for k in keys}
     out["policy/optimizer_steps"] = float(len(per_step))
     out["policy/skipped_steps"] = sum(s.get("policy/skipped_steps", 0.0) for s in per_step)
+    out["policy/dropped_rows"] = float(len(batch) - size * minibatches)
     return out
 
 

@@ -206,8 +206,10 @@ def test_stop_string_ends_generation_right_after_it(model, tokenizer, prompts, b
 def test_stop_strings_in_a_batch_stop_only_the_rows_that_emit_them(model, tokenizer, prompts):
     engine = RolloutEngine(model, tokenizer)
     stops = tuple("0123456789")  # no tag token contains a digit, so each stop is one whole token
-    gen = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=16, stop_strings=stops), seed=2)
-    assert gen.truncated.any() and not gen.truncated.all()
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, stop_strings=stops)
+    # the first seed whose batch mixes stopped and truncated rows (the check below needs both kinds)
+    gen = next(g for g in (engine.generate(prompts, params, seed=s) for s in range(50))
+               if g.truncated.any() and not g.truncated.all())
     for i, text in enumerate(gen.texts):
         n = int(gen.response_lengths[i])
         digits = [j for j, c in enumerate(text) if c in stops]
@@ -325,3 +327,15 @@ def test_greedy_logprobs_are_unscaled_log_softmax_of_the_argmax(sharp_model, tok
         assert torch.equal(step_logp.argmax(-1), response)
         assert torch.allclose(gen.sampler_logprobs[i, :n], step_logp.gather(-1, response[:, None]).squeeze(-1),
                               atol=1e-5)
+
+
+def test_sample_categorical_matches_the_distribution_and_skips_zero_mass():
+    from rlvr_lab.rollout.sampling import sample_categorical
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2]]).expand(20000, 5).contiguous()
+    draws = sample_categorical(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    assert freq[0] == 0 and freq[2] == 0
+    assert torch.allclose(freq, probs[0], atol=0.015)
+    again = sample_categorical(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)

@@ -28,10 +28,10 @@ def native_supported(model) -> bool:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    """Llama RMSNorm: normalise in float32, scale in the input dtype (as transformers does)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,48 @@ class KVCache:
         self.key_valid = self.key_valid.index_select(0, rows)
 
 
+class _LayerWeights:
+    """One layer's projections for a generation: q/k/v and gate/up fused into single matmuls.
+
+    Fusing copies the weights, so it is done once per ``generate`` call (the policy changes between
+    calls) and only for models small enough that the copy is cheap; larger models use views.
+    """
+
+    def __init__(self, layer, fuse: bool):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.in_norm = layer.input_layernorm.weight
+        self.post_norm = layer.post_attention_layernorm.weight
+        self.o_proj, self.o_bias, self.down = attn.o_proj.weight, attn.o_proj.bias, mlp.down_proj.weight
+        self.fused = fuse
+        if fuse:
+            self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+            has_bias = any(p.bias is not None for p in projs)
+            self.qkv_bias = (
+                torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projs])
+                if has_bias else None
+            )
+            self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        else:
+            self.attn, self.mlp = attn, mlp
+
+    def qkv_proj(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, ...]:
+        if self.fused:
+            return F.linear(h, self.qkv, self.qkv_bias).split([n_q, n_kv, n_kv], dim=-1)
+        return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
+
+    def mlp_out(self, h: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.mlp.gate_proj(h), self.mlp.up_proj(h)
+        return F.linear(F.silu(gate) * up, self.down)
+
+
+# Fuse projections (a weight copy per generate call) below this many parameters.
+FUSE_MAX_PARAMS = 1_000_000_000
+
+
 class NativeDecoder:
     """Prefill and single-token decode steps over a :class:`KVCache` for a Llama-family model."""
 
@@ -71,50 +113,68 @@ class NativeDecoder:
         rot = model.model.rotary_emb
         self.inv_freq = rot.inv_freq.float()
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
-        self.layers = list(model.model.layers)
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
         self.lm_head = model.lm_head
+        self.fuse = sum(p.numel() for p in model.parameters()) < FUSE_MAX_PARAMS
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """Buffers for one generation, plus a snapshot of the layer weights and a RoPE table."""
+        with torch.no_grad():
+            self.layers = [_LayerWeights(layer, self.fuse) for layer in self.model.model.layers]
+            pos = torch.arange(max_len, device=self.embed.device, dtype=torch.float32)
+            freqs = pos.unsqueeze(-1) * self.inv_freq.to(pos.device)  # (L_max, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self.cos_table = (emb.cos() * self.rope_scale).to(self.embed.dtype)  # (L_max, hd)
+            self.sin_table = (emb.sin() * self.rope_scale).to(self.embed.dtype)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
 
-    def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)  # (B, L, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scale).to(dtype).unsqueeze(1)  # (B, 1, L, hd)
-        sin = (emb.sin() * self.rope_scale).to(dtype).unsqueeze(1)
-        return cos, sin
+    def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Decode-step attention for one query per row without expanding K/V to every query head.
+
+        q (B, H, 1, hd); k, v (B, Hkv, S, hd); mask (B, 1, 1, S) additive float -> (B, H, 1, hd).
+        """
+        B = q.shape[0]
+        rep = self.n_heads // self.n_kv
+        qg = q.reshape(B, self.n_kv, rep, self.head_dim)  # heads sharing a K/V head side by side
+        scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Hkv, rep, S)
+        scores = scores.float() * self.scale + mask
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        return torch.matmul(probs, v).view(B, self.n_heads, 1, self.head_dim)
 
     def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask) -> torch.Tensor:
         """Run all layers on ``ids`` (B, L) written at cache columns ``start:start+L``; returns the
-        final-norm hidden state of the last position (B, d)."""
+        final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, end) for a
+        prefill; a single-token step (L == 1) reads ``cache.key_valid`` instead."""
         B, L = ids.shape
         x = F.embedding(ids, self.embed)  # (B, L, d)
-        cos, sin = self._rope(positions, x.dtype)
+        cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, L, hd)
+        sin = self.sin_table[positions].unsqueeze(1)
         end = start + L
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = _rms_norm(x, layer.input_layernorm.weight, self.eps)
-            q = attn.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-            k = attn.k_proj(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-            v = attn.v_proj(h).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+        n_q, n_kv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        heads = self.n_heads + self.n_kv
+        if L == 1:  # additive key mask shared by every layer of a decode step: (B, 1, 1, end)
+            step_mask = torch.zeros(B, 1, 1, end, dtype=torch.float32, device=x.device)
+            step_mask.masked_fill_(~cache.key_valid[:, None, None, :end], float("-inf"))
+        for i, w in enumerate(self.layers):
+            h = _rms_norm(x, w.in_norm, self.eps)
+            q, k, v = w.qkv_proj(h, n_q, n_kv)
+            # rotate queries and keys together: one set of RoPE ops per layer
+            qk = torch.cat([q, k], dim=-1).view(B, L, heads, self.head_dim).transpose(1, 2)  # (B, H+Hkv, L, hd)
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
+            v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                q,
-                cache.k[i][:, :, :end],
-                cache.v[i][:, :, :end],
-                attn_mask=attn_mask,
-                scale=self.scale,
-                enable_gqa=self.n_kv != self.n_heads,
-            )  # (B, H, L, hd)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
-            h = _rms_norm(x, layer.post_attention_layernorm.weight, self.eps)
-            mlp = layer.mlp
-            x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+            keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]
+            if L == 1:
+                o = self._attend_one(q, keys, values, step_mask)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+                )  # (B, H, L, hd)
+            x = x + F.linear(o.transpose(1, 2).reshape(B, L, n_q), w.o_proj, w.o_bias)
+            x = x + w.mlp_out(_rms_norm(x, w.post_norm, self.eps))
         return _rms_norm(x[:, -1], self.final_norm, self.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -137,6 +197,6 @@ class NativeDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """Decode one token per row: ``tokens`` (B,) at ``positions`` (B,) into cache ``column``."""
         cache.key_valid[:, column] = True
-        mask = cache.key_valid[:, None, None, : column + 1]  # (B, 1, 1, column+1)
+        mask = None  # the decode step reads cache.key_valid directly
         hidden = self._forward(tokens.unsqueeze(-1), positions.unsqueeze(-1), cache, column, mask)
         return self.logits(hidden)

@@ -186,21 +186,25 @@ class RolloutEngine:
         rows = torch.arange(B, device=self.device)  # original row of each cache row
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         positions = prompt_mask.sum(-1)  # (B,) next position of each row
+        n_alive, all_alive = B, True  # host-side counts: no device sync beyond one per step
         for step in range(T):
-            live = alive.nonzero().flatten()
+            live = None if all_alive else alive.nonzero().flatten()
             temps = None
             if temperature_fn is not None:  # finished rows keep T0; only running rows are adapted
                 temps = torch.full((logits.shape[0],), params.temperature, device=logits.device)
-                temps[live] = temperature_fn(logits[live]).to(temps.dtype)
+                running = logits if live is None else logits[live]
+                temps[slice(None) if live is None else live] = temperature_fn(running).to(temps.dtype)
             tokens, logp = sample_next(logits, params, generator, temps)
-            r = rows[live]
-            out_ids[r, step] = tokens[live]
-            out_logp[r, step] = logp[live]
+            r, tok, lp = (rows, tokens, logp) if live is None else (rows[live], tokens[live], logp[live])
+            out_ids[r, step] = tok
+            out_logp[r, step] = lp
             out_valid[r, step] = True
-            done = stopper.done(tokens[live], out_ids, r, step)
-            truncated[r[done]] = False
-            alive[live[done]] = False
-            n_alive = int(alive.sum())
+            done = stopper.done(tok, out_ids, r, step)
+            n_done = int(done.sum())
+            if n_done:
+                truncated[r[done]] = False
+                alive[(torch.arange(len(alive), device=alive.device) if live is None else live)[done]] = False
+                n_alive, all_alive = n_alive - n_done, False
             if n_alive == 0 or step == T - 1:
                 break
             if n_alive <= COMPACT_AT * alive.numel():
@@ -208,6 +212,7 @@ class RolloutEngine:
                 cache.select(keep)
                 rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
                 alive = torch.ones(n_alive, dtype=torch.bool, device=self.device)
+                all_alive = True
             logits = self.decoder.step(tokens, positions, cache, Lp + step)
             positions = positions + 1
 

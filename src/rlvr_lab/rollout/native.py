@@ -85,6 +85,21 @@ class _LayerWeights:
             return F.linear(h, self.qkv, self.qkv_bias).split([n_q, n_kv, n_kv], dim=-1)
         return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
 
+    def qk_and_v(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys side by side (B, n_q + n_kv), and values (B, n_kv), for one position."""
+        if self.fused:
+            out = F.linear(h, self.qkv, self.qkv_bias)
+            return out[:, : n_q + n_kv], out[:, n_q + n_kv :]
+        return torch.cat([self.attn.q_proj(h), self.attn.k_proj(h)], dim=-1), self.attn.v_proj(h)
+
+    def gate_up_act(self, h: torch.Tensor) -> torch.Tensor:
+        """``silu(gate(h)) * up(h)``, the input of the down projection."""
+        if self.fused:
+            gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.mlp.gate_proj(h), self.mlp.up_proj(h)
+        return F.silu(gate) * up
+
     def mlp_out(self, h: torch.Tensor) -> torch.Tensor:
         if self.fused:
             gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
@@ -127,25 +142,14 @@ class NativeDecoder:
             emb = torch.cat((freqs, freqs), dim=-1)
             self.cos_table = (emb.cos() * self.rope_scale).to(self.embed.dtype)  # (L_max, hd)
             self.sin_table = (emb.sin() * self.rope_scale).to(self.embed.dtype)
+            # rotate_half(x) * sin == roll(x, hd/2) * (sin with its first half negated)
+            half = self.head_dim // 2
+            self.sin_signed_table = torch.cat([-self.sin_table[:, :half], self.sin_table[:, half:]], dim=-1)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
-
-    def _attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Decode-step attention for one query per row without expanding K/V to every query head.
-
-        q (B, H, 1, hd); k, v (B, Hkv, S, hd); mask (B, 1, 1, S) additive float -> (B, H, 1, hd).
-        """
-        B = q.shape[0]
-        rep = self.n_heads // self.n_kv
-        qg = q.reshape(B, self.n_kv, rep, self.head_dim)  # heads sharing a K/V head side by side
-        scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Hkv, rep, S)
-        scores = scores.float() * self.scale + mask
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        return torch.matmul(probs, v).view(B, self.n_heads, 1, self.head_dim)
 
     def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask) -> torch.Tensor:
         """Run all layers on ``ids`` (B, L) written at cache columns ``start:start+L``; returns the
-        final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, end) for a
-        prefill; a single-token step (L == 1) reads ``cache.key_valid`` instead."""
+        final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, end)."""
         B, L = ids.shape
         x = F.embedding(ids, self.embed)  # (B, L, d)
         cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, L, hd)
@@ -153,9 +157,6 @@ class NativeDecoder:
         end = start + L
         n_q, n_kv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         heads = self.n_heads + self.n_kv
-        if L == 1:  # additive key mask shared by every layer of a decode step: (B, 1, 1, end)
-            step_mask = torch.zeros(B, 1, 1, end, dtype=torch.float32, device=x.device)
-            step_mask.masked_fill_(~cache.key_valid[:, None, None, :end], float("-inf"))
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w.in_norm, self.eps)
             q, k, v = w.qkv_proj(h, n_q, n_kv)
@@ -167,12 +168,9 @@ class NativeDecoder:
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
             keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]
-            if L == 1:
-                o = self._attend_one(q, keys, values, step_mask)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q, keys, values, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
-                )  # (B, H, L, hd)
+            o = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+            )  # (B, H, L, hd)
             x = x + F.linear(o.transpose(1, 2).reshape(B, L, n_q), w.o_proj, w.o_bias)
             x = x + w.mlp_out(_rms_norm(x, w.post_norm, self.eps))
         return _rms_norm(x[:, -1], self.final_norm, self.eps)
@@ -197,6 +195,29 @@ class NativeDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """Decode one token per row: ``tokens`` (B,) at ``positions`` (B,) into cache ``column``."""
         cache.key_valid[:, column] = True
-        mask = None  # the decode step reads cache.key_valid directly
-        hidden = self._forward(tokens.unsqueeze(-1), positions.unsqueeze(-1), cache, column, mask)
-        return self.logits(hidden)
+        return self.logits(self._decode(tokens, positions, cache, column))
+
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
+        """The single-position forward, kept two-dimensional (B, d) so that every layer is a short,
+        fixed list of kernels: residual adds are fused into the projections (``addmm``), queries and
+        keys are rotated together, and attention runs per key-value head without expanding it."""
+        B, hd, H, Hkv = tokens.shape[0], self.head_dim, self.n_heads, self.n_kv
+        n_q, n_kv, end = H * hd, Hkv * hd, column + 1
+        x = F.embedding(tokens, self.embed)  # (B, d)
+        cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, hd)
+        sin = self.sin_signed_table[positions].unsqueeze(1)
+        mask = torch.zeros(B, 1, 1, end, dtype=torch.float32, device=x.device)  # additive, shared by layers
+        mask.masked_fill_(~cache.key_valid[:, None, None, :end], float("-inf"))
+        for i, w in enumerate(self.layers):
+            qk, v = w.qk_and_v(_rms_norm(x, w.in_norm, self.eps), n_q, n_kv)
+            qk = qk.reshape(B, H + Hkv, hd)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)  # RoPE on queries and keys
+            cache.k[i][:, :, column] = qk[:, H:]
+            cache.v[i][:, :, column] = v.reshape(B, Hkv, hd)
+            q = qk[:, :H].reshape(B, Hkv, H // Hkv, hd)  # query heads grouped by their K/V head
+            scores = torch.matmul(q, cache.k[i][:, :, :end].transpose(-1, -2))  # (B, Hkv, rep, end)
+            probs = torch.softmax(torch.add(mask, scores.float(), alpha=self.scale), dim=-1).to(x.dtype)
+            o = torch.matmul(probs, cache.v[i][:, :, :end]).reshape(B, n_q)
+            x = torch.addmm(x, o, w.o_proj.t()) if w.o_bias is None else x + F.linear(o, w.o_proj, w.o_bias)
+            x = torch.addmm(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)), w.down.t())
+        return _rms_norm(x, self.final_norm, self.eps)

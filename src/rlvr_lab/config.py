@@ -34,6 +34,12 @@ class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -120,9 +126,7 @@ class KLConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in KL_KINDS:
-            raise ValueError(f"unknown KL estimator {v!r}; allowed: {', '.join(KL_KINDS)}")
-        return v
+        return _one_of(v, KL_KINDS, "KL estimator")
 
 
 class OverlongConfig(_Strict):
@@ -152,9 +156,7 @@ class SpearToolcallConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in TOOLCALL_KINDS:
-            raise ValueError(f"unknown tool-call schedule {v!r}; allowed: {', '.join(TOOLCALL_KINDS)}")
-        return v
+        return _one_of(v, TOOLCALL_KINDS, "tool-call schedule")
 
 
 class SpearReplayConfig(_Strict):

@@ -335,6 +335,11 @@ class Trainer:
         record.update({f"spear/replay_{k.replace('/', '_')}": v for k, v in out.items()})
         return record
 
+    def freeze_reference(self) -> None:
+        """Keep a frozen copy of the current policy as the KL reference (only when KL is used)."""
+        if self.cfg.algorithm.kl.coef > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+
     def save(self, name: str, step: int) -> Path:
         return save_checkpoint(self.model, self.tokenizer, self.run_dir / "checkpoints" / name,
                                meta={"rl_step": step, "config": self.cfg.model_dump(mode="json")})
@@ -368,8 +373,7 @@ class Trainer:
             self.warm_start()
             if cfg.eval.enabled:
                 self.evaluate("before_rl", 0)
-            if cfg.algorithm.kl.coef > 0:
-                self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.freeze_reference()
             opt = tcfg.optim
             optimizer = build_optimizer(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
             total_opt_steps = tcfg.steps * tcfg.minibatches * tcfg.epochs

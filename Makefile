@@ -26,7 +26,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
 
 bench: $(STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py
+	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py --threads $(THREADS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/objectives.py --threads $(THREADS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

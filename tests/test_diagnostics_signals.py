@@ -1,0 +1,90 @@
+"""Hand-computed values for the per-step diagnostic signals (rlvr_lab.diagnostics.signals)."""
+
+import math
+
+import pytest
+import torch
+
+from rlvr_lab.diagnostics.signals import entropy_summary, likelihood_displacement, low_probability_tokens
+
+
+def _lld_inputs():
+    # Row 0 correct, A=+1; row 1 incorrect, A=-1, last position padding; row 2 correct, A=+1, likelihood falls.
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0], [-1.0, -1.0, -1.0]])
+    new = torch.tensor([[-1.0, -1.0, -2.0], [-1.0, -1.0, -9.0], [-2.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    correct = torch.tensor([True, False, True])
+    adv = torch.tensor([[1.0] * 3, [-1.0] * 3, [1.0] * 3])
+    return old, new, mask, correct, adv
+
+
+def test_likelihood_displacement_hand_computed():
+    m = likelihood_displacement(*_lld_inputs())
+    # Sequence sums: old (-6, -1, -3), new (-4, -2, -4); the padded -9 is ignored.
+    assert m["lld/correct_logp_before"] == pytest.approx(-4.5)
+    assert m["lld/correct_logp_after"] == pytest.approx(-4.0)
+    assert m["lld/correct_logp_delta"] == pytest.approx(0.5)  # after - before: positive = likelihood rose
+    assert m["lld/incorrect_logp_before"] == pytest.approx(-1.0)
+    assert m["lld/incorrect_logp_after"] == pytest.approx(-2.0)
+    assert m["lld/incorrect_logp_delta"] == pytest.approx(-1.0)
+    assert m["lld/frac_correct_fell"] == pytest.approx(0.5)  # row 2 fell, row 0 rose
+    # A>0 tokens: rows 0 and 2 -> old mean -9/6, new mean -8/6.  A<0 tokens: row 1's two tokens.
+    assert m["logp/pos_mean"] == pytest.approx(-1.5)
+    assert m["lld/pos_token_logp_after"] == pytest.approx(-8 / 6)
+    assert m["lld/pos_token_logp_delta"] == pytest.approx(1 / 6)
+    assert m["logp/neg_mean"] == pytest.approx(-0.5)
+    assert m["lld/neg_token_logp_after"] == pytest.approx(-1.0)
+    assert m["lld/neg_token_logp_delta"] == pytest.approx(-0.5)
+    assert m["lld/num_correct"] == 2.0 and m["lld/num_incorrect"] == 1.0
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_likelihood_displacement_undefined_stats_are_left_out():
+    old, new, mask, _, adv = _lld_inputs()
+    m = likelihood_displacement(old, new, mask, torch.tensor([False, False, False]), adv.abs())
+    assert m["lld/num_correct"] == 0.0
+    assert "lld/correct_logp_before" not in m and "lld/frac_correct_fell" not in m
+    assert "logp/neg_mean" not in m  # no A<0 token
+    # No update (new == old): nothing fell.
+    m = likelihood_displacement(old, old.clone(), mask, torch.tensor([True, True, True]), adv)
+    assert m["lld/frac_correct_fell"] == 0.0 and m["lld/correct_logp_delta"] == 0.0
+
+
+def test_likelihood_displacement_rejects_bad_shapes():
+    old, new, mask, correct, adv = _lld_inputs()
+    with pytest.raises(ValueError, match="advantages"):
+        likelihood_displacement(old, new, mask, correct, adv[:, :2])
+    with pytest.raises(ValueError, match="correct"):
+        likelihood_displacement(old, new, mask, correct[:2], adv)
+
+
+def test_entropy_summary_hand_computed():
+    entropy = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 99.0], [6.0, 7.0, 8.0, 9.0, 10.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]])
+    m = entropy_summary(entropy, mask)
+    # Values 1..10: mean 5.5; linear quantiles at positions 0.9, 4.5, 8.1 of the sorted list.
+    assert m == pytest.approx({"policy/entropy": 5.5, "policy/entropy_p10": 1.9, "policy/entropy_p50": 5.5, "policy/entropy_p90": 9.1})
+    assert entropy_summary(entropy, torch.zeros_like(mask)) == {}
+
+
+def test_entropy_quantiles_match_torch_quantile():
+    g = torch.Generator().manual_seed(0)
+    entropy = torch.rand(4, 37, generator=g) * 3
+    mask = torch.rand(4, 37, generator=g) > 0.3
+    m = entropy_summary(entropy, mask)
+    ref = torch.quantile(entropy[mask], torch.tensor([0.1, 0.5, 0.9]))
+    assert [m["policy/entropy_p10"], m["policy/entropy_p50"], m["policy/entropy_p90"]] == pytest.approx(ref.tolist(), abs=1e-6)
+
+
+def test_low_probability_tokens_hand_computed():
+    probs = torch.tensor([[0.5, 0.01, 0.001, 0.001]])
+    mask = torch.tensor([[1, 1, 1, 0]])  # the last low-probability token is padding
+    m = low_probability_tokens(probs.log(), mask)  # default threshold 0.02
+    assert m["tokens/low_prob_count"] == 2.0
+    assert m["tokens/low_prob_mass"] == pytest.approx(0.011)
+    assert m["tokens/low_prob_frac"] == pytest.approx(2 / 3)
+    m = low_probability_tokens(probs.log(), mask, threshold=0.005)
+    assert m["tokens/low_prob_count"] == 1.0 and m["tokens/low_prob_mass"] == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="threshold"):
+        low_probability_tokens(probs.log(), mask, threshold=0.0)
+    assert not math.isnan(low_probability_tokens(probs.log(), torch.zeros_like(mask))["tokens/low_prob_mass"])

@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py --threads $(THREADS)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/objectives.py --threads $(THREADS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/observatory.py --threads $(THREADS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlvr_lab.config import ConfigError, dump_config, load_config
+from rlvr_lab.diagnostics import ALERT_LABELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reinforcement learning with verifiable rewards.")
 console = Console()
@@ -70,6 +71,7 @@ class ConsoleReporter:
             f"step {step:>4}/{total} | reward {g('reward/mean', 0):.3f} | acc {g('reward/accuracy', 0):.3f} | "
             f"entropy {g('policy/entropy', float('nan')):.3f} | len {g('rollout/response_len_mean', 0):.1f} | "
             f"kl {g('grpo/ppo_kl', 0):+.4f} | {g('time/step_s', 0):.2f}s"
+            + (f" | [yellow]{record['phase/label']}[/]" if record.get("phase/label") in ALERT_LABELS + ("stagnation",) else "")
         )
         if self.show_samples and samples and step in (1, total):
             self.console.print(f"[dim]  sample: {samples[0][:120]!r}[/]")

@@ -359,6 +359,18 @@ class EvalConfig(_Strict):
         return self
 
 
+class ObserveConfig(_Strict):
+    lld_every: int = Field(
+        10, ge=0,
+        description="Re-score every N-th rollout batch after the update to measure likelihood displacement (0: off); one extra forward pass.",
+    )
+    low_prob_threshold: float = Field(0.02, gt=0, lt=1, description="Sampled tokens below this probability count as low-probability.")
+    phase_detector: bool = Field(True, description="Label each step (stagnation, decay, collapse, entropy collapse).")
+    on_alert: Literal["warn", "checkpoint", "stop"] = Field(
+        "warn", description="What to do on entering a decay or collapse phase: warn, also save a checkpoint, or stop the run."
+    )
+
+
 class Config(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -368,6 +380,7 @@ class Config(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
 
 
 # ---- loading -------------------------------------------------------------------------------------

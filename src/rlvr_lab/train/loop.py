@@ -37,6 +37,7 @@ from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
 from rlvr_lab.train.checkpoint import MetricsWriter, make_run_dir, prune_checkpoints, save_checkpoint
 from rlvr_lab.train.methods import SINGLE_TURN_PROVIDES, FixedSchedule, Methods, both, check_inputs, startup_warnings
+from rlvr_lab.train.observe import Observer
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 from rlvr_lab.train.sft import supervised_warmstart
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
@@ -127,6 +128,7 @@ class Trainer:
         self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
         self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
+        self.observer = Observer(cfg.observe)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         ds = cfg.algorithm.dynamic_sampling  # prompt offsets: warm-start examples first, then RL rounds
         self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
@@ -335,6 +337,30 @@ class Trainer:
         record.update({f"spear/replay_{k.replace('/', '_')}": v for k, v in out.items()})
         return record
 
+    def rescore(self, batch: Batch):
+        """(B, T) log-probs of the batch's tokens under the current (updated) policy."""
+        return score_tokens(
+            self.model, batch, temperature=self.spec.temperature,
+            micro_batch_size=self.cfg.train.micro_batch_size, with_entropy=False,
+        ).logprobs
+
+    def watch_phase(self, step: int, record: dict[str, Any]) -> bool:
+        """Label the step; on entering a decay or collapse phase act as configured. True: stop the run."""
+        report = self.observer.phase(step, record)
+        if report is None:
+            return False
+        record["phase/label"] = report.label
+        if not report.alert:
+            return False
+        evidence = ", ".join(f"{k}={v:.4g}" for k, v in report.evidence.items())
+        message = f"step {step}: entered {', '.join(report.entered)} ({evidence}); action: {report.action}"
+        self.summary.setdefault("phase_alerts", []).append({"step": step, "entered": list(report.entered),
+                                                            "evidence": report.evidence, "action": report.action})
+        self.report("warning", message=message)
+        if report.action == "checkpoint":
+            self.save(f"alert-step-{step}", step)
+        return report.action == "stop"
+
     def freeze_reference(self) -> None:
         """Keep a frozen copy of the current policy as the KL reference (only when KL is used)."""
         if self.cfg.algorithm.kl.coef > 0:
@@ -358,8 +384,11 @@ class Trainer:
             batch, adv_metrics = self.advantages(batch, step)
             record.update(adv_metrics)
             record.update(token_summary(batch, batch.extras.get("old_entropy")))
+            record.update(self.observer.before_update(batch))
             record.update(advantage_summary(batch))
             record.update(self.update(batch, step, optimizer, scheduler))
+            if self.observer.wants_displacement(step):
+                record.update(self.observer.displacement(batch, self.rescore(batch)))
         record["time/step_s"] = time.perf_counter() - t0
         return record, rollout.sample_texts
 
@@ -381,8 +410,12 @@ class Trainer:
             for step in range(1, tcfg.steps + 1):
                 record, samples = self.rl_step(step, optimizer, scheduler)
                 record["optim/lr"] = scheduler.get_last_lr()[0]
+                stop = self.watch_phase(step, record)
                 self.metrics.write({"stage": "rl", "step": step, **record})
                 self.report("rl_step", step=step, total=tcfg.steps, record=record, samples=samples)
+                if stop:
+                    status = f"stopped by the phase detector at RL step {step}: {record['phase/label']}"
+                    break
                 if cfg.eval.enabled and cfg.eval.every and step % cfg.eval.every == 0 and step < tcfg.steps:
                     self.evaluate(f"step_{step}", step)
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:

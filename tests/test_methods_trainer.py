@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from batches import toy_batch as shared_toy_batch
 import torch
 
 from rlvr_lab.config import ConfigError, load_config
@@ -18,7 +19,6 @@ from rlvr_lab.objectives.thr import SCORE_KEY
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train import methods as methods_mod
-from rlvr_lab.train.batching import supervised_batch
 from rlvr_lab.train.logprobs import response_hidden
 from rlvr_lab.train.loop import Trainer
 from rlvr_lab.train.methods import AdaptiveTemperature, Methods, Spear
@@ -148,15 +148,7 @@ def tok():
 
 
 def toy_batch(tok, n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompts = [tok.encode("q" * int(torch.randint(2, 6, (1,), generator=g)), add_special_tokens=False) for _ in range(n)]
-    targets = [tok.encode("ab" * int(torch.randint(1, 4, (1,), generator=g)), add_special_tokens=False) for _ in range(n)]
-    b = supervised_batch(prompts, targets, tok.pad_token_id)
-    T = b.loss_mask.shape[1]
-    b.advantages = torch.randn(n, 1, generator=g).expand(n, T) * b.loss_mask
-    b.old_logprobs = (-torch.rand(n, T, generator=g) * 6) * b.loss_mask
-    b.rewards = torch.rand(n, generator=g)
-    return b
+    return shared_toy_batch(tok, n, seed, unit="ab", max_repeats=3, logp_scale=6.0)
 
 
 def accumulate(tok, batch, spec, micro, context=None):

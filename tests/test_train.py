@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from batches import toy_batch as shared_toy_batch
 
 from rlvr_lab.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
 from rlvr_lab.train.batching import concat_batches, supervised_batch
@@ -22,15 +23,7 @@ def tok():
 
 
 def toy_batch(tok, n=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompts = [tok.encode("q" * int(torch.randint(2, 6, (1,), generator=g)), add_special_tokens=False) for _ in range(n)]
-    targets = [tok.encode("a" * int(torch.randint(1, 5, (1,), generator=g)), add_special_tokens=False) for _ in range(n)]
-    b = supervised_batch(prompts, targets, tok.pad_token_id)
-    T = b.loss_mask.shape[1]
-    b.advantages = torch.randn(n, 1, generator=g).expand(n, T) * b.loss_mask
-    b.old_logprobs = -torch.rand(n, T, generator=g) * b.loss_mask
-    b.rewards = torch.rand(n, generator=g)
-    return b
+    return shared_toy_batch(tok, n, seed, unit="a", max_repeats=4)
 
 
 def test_supervised_batch_layout(tok):

@@ -252,16 +252,14 @@ class AlgorithmConfig(_Strict):
     @model_validator(mode="after")
     def _check_names(self) -> AlgorithmConfig:
         for field_name, registry in (("advantage", ADVANTAGE_ESTIMATORS), ("policy_loss", POLICY_LOSSES)):
-            comp: NamedComponent = getattr(self, field_name)
-            entry = registry.entry(comp.name)
-            entry.check_params(comp.params, where=f"algorithm.{field_name}.params")
+            _check_component(getattr(self, field_name), registry, f"algorithm.{field_name}.params")
         for field_name, registry in (
             ("token_modifiers", TOKEN_ADVANTAGE_MODIFIERS),
             ("token_overrides", TOKEN_LOSS_OVERRIDES),
             ("aux_losses", AUX_LOSSES),
         ):
             for i, comp in enumerate(getattr(self, field_name)):
-                registry.entry(comp.name).check_params(comp.params, where=f"algorithm.{field_name}[{i}].params")
+                _check_component(comp, registry, f"algorithm.{field_name}[{i}].params")
         AGGREGATORS.entry(self.aggregation)
         return self
 

@@ -80,16 +80,11 @@ class _LayerWeights:
         else:
             self.attn, self.mlp = attn, mlp
 
-    def qkv_proj(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, ...]:
-        if self.fused:
-            return F.linear(h, self.qkv, self.qkv_bias).split([n_q, n_kv, n_kv], dim=-1)
-        return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
-
     def qk_and_v(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys side by side (B, n_q + n_kv), and values (B, n_kv), for one position."""
+        """Queries and keys side by side (..., n_q + n_kv), and values (..., n_kv)."""
         if self.fused:
             out = F.linear(h, self.qkv, self.qkv_bias)
-            return out[:, : n_q + n_kv], out[:, n_q + n_kv :]
+            return out[..., : n_q + n_kv], out[..., n_q + n_kv :]
         return torch.cat([self.attn.q_proj(h), self.attn.k_proj(h)], dim=-1), self.attn.v_proj(h)
 
     def gate_up_act(self, h: torch.Tensor) -> torch.Tensor:
@@ -101,11 +96,7 @@ class _LayerWeights:
         return F.silu(gate) * up
 
     def mlp_out(self, h: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
-        else:
-            gate, up = self.mlp.gate_proj(h), self.mlp.up_proj(h)
-        return F.linear(F.silu(gate) * up, self.down)
+        return F.linear(self.gate_up_act(h), self.down)
 
 
 # Fuse projections (a weight copy per generate call) below this many parameters.
@@ -159,12 +150,12 @@ class NativeDecoder:
         heads = self.n_heads + self.n_kv
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w.in_norm, self.eps)
-            q, k, v = w.qkv_proj(h, n_q, n_kv)
+            qk, v = w.qk_and_v(h, n_q, n_kv)
             # rotate queries and keys together: one set of RoPE ops per layer
-            qk = torch.cat([q, k], dim=-1).view(B, L, heads, self.head_dim).transpose(1, 2)  # (B, H+Hkv, L, hd)
+            qk = qk.reshape(B, L, heads, self.head_dim).transpose(1, 2)  # (B, H+Hkv, L, hd)
             qk = qk * cos + _rotate_half(qk) * sin
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
-            v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+            v = v.reshape(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
             cache.k[i][:, :, start:end] = k
             cache.v[i][:, :, start:end] = v
             keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]

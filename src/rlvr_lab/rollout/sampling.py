@@ -49,6 +49,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def _scale(x: torch.Tensor, params: SamplingParams, temperature: torch.Tensor | None) -> torch.Tensor:
+    """Logits divided by the per-row ``temperature`` (N,) when given, else by ``params.temperature``."""
+    if temperature is not None:
+        return x / temperature.to(x.device, torch.float32).unsqueeze(-1)  # (N, V)
+    if params.temperature not in (0.0, 1.0):
+        return x / params.temperature
+    return x
+
+
 def filtered_logprobs(
     logits: torch.Tensor, params: SamplingParams, temperature: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -57,11 +66,7 @@ def filtered_logprobs(
     Temperature scaling, then top-k, then top-p (nucleus) renormalisation; filtered tokens get -inf.
     ``temperature`` (N,) > 0, when given, replaces ``params.temperature`` row by row.
     """
-    x = logits.float()
-    if temperature is not None:
-        x = x / temperature.to(x.device, torch.float32).unsqueeze(-1)  # (N, V)
-    elif params.temperature not in (0.0, 1.0):
-        x = x / params.temperature
+    x = _scale(logits.float(), params, temperature)
     if params.top_k and params.top_k < x.shape[-1]:
         kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]  # (N, 1)
         x = x.masked_fill(x < kth, float("-inf"))
@@ -109,11 +114,7 @@ def sample_next(
         return tokens, x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
     if params.top_k == 0 and params.top_p >= 1.0:
         # plain temperature sampling: one softmax pass, no full log-softmax copy (the hot path)
-        if temperature is not None:
-            x = x / temperature.to(x.device, torch.float32).unsqueeze(-1)
-        elif params.temperature != 1.0:
-            x = x / params.temperature
-        probs = torch.softmax(x, dim=-1)  # (N, V)
+        probs = torch.softmax(_scale(x, params, temperature), dim=-1)  # (N, V)
         tokens = sample_categorical(probs, generator)
         return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).log()
     logp = filtered_logprobs(x, params, temperature)

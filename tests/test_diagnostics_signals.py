@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from rlvr_lab.diagnostics.signals import entropy_summary, likelihood_displacement, low_probability_tokens
+from rlvr_lab.diagnostics.signals import (
+    entropy_summary,
+    kl_to_reference,
+    likelihood_displacement,
+    low_probability_tokens,
+    probe_drift,
+    response_likelihood,
+)
 
 
 def _lld_inputs():
@@ -88,3 +95,45 @@ def test_low_probability_tokens_hand_computed():
     with pytest.raises(ValueError, match="threshold"):
         low_probability_tokens(probs.log(), mask, threshold=0.0)
     assert not math.isnan(low_probability_tokens(probs.log(), torch.zeros_like(mask))["tokens/low_prob_mass"])
+
+
+def test_response_likelihood_is_the_before_half_of_displacement():
+    old, new, mask, correct, adv = _lld_inputs()
+    every_step = response_likelihood(old, mask, correct)
+    full = likelihood_displacement(old, new, mask, correct, adv)
+    assert every_step == {k: full[k] for k in every_step}
+    assert every_step["lld/correct_logp_before"] == pytest.approx(-4.5)
+    assert set(every_step) == {"lld/correct_logp_before", "lld/incorrect_logp_before", "lld/num_correct", "lld/num_incorrect"}
+    no_correct = response_likelihood(old, mask, torch.zeros(3, dtype=torch.bool))
+    assert "lld/correct_logp_before" not in no_correct and no_correct["lld/num_correct"] == 0.0
+
+
+def test_kl_to_reference_k3_hand_computed():
+    # log r = ref - pi: (0, ln 2) on the two masked tokens; k3 = r - 1 - log r = (0, 1 - ln 2).
+    pi = torch.tensor([[-1.0, -2.0, -5.0]])
+    ref = torch.tensor([[-1.0, -2.0 + math.log(2.0), 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    assert kl_to_reference(pi, ref, mask)["kl/ref"] == pytest.approx((1 - math.log(2.0)) / 2)
+    assert kl_to_reference(pi, pi.clone(), mask)["kl/ref"] == pytest.approx(0.0)
+    assert kl_to_reference(pi, ref, torch.zeros_like(mask)) == {}
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        kl_to_reference(pi, ref[:, :2], mask)
+
+
+def test_probe_drift_hand_computed():
+    # Reference sequence sums: (-3, -2, -4); now: (-2, -3, -5).  Rows 0, 2 correct; row 1 incorrect.
+    ref = torch.tensor([[-1.0, -2.0], [-2.0, 0.0], [-2.0, -2.0]])
+    now = torch.tensor([[-1.0, -1.0], [-3.0, -7.0], [-2.0, -3.0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
+    correct = torch.tensor([True, False, True])
+    m = probe_drift(ref, now, mask, correct)
+    assert m["probe/correct_logp"] == pytest.approx(-3.5)
+    assert m["probe/correct_logp_delta"] == pytest.approx(0.0)  # +1 and -1
+    assert m["probe/incorrect_logp"] == pytest.approx(-3.0)
+    assert m["probe/incorrect_logp_delta"] == pytest.approx(-1.0)
+    assert m["probe/frac_correct_fell"] == pytest.approx(0.5)
+    # KL(ref||now) with samples from ref: log r = now - ref on the 5 masked tokens = (0, 1, -1, 0, -1).
+    k3 = [math.exp(x) - 1 - x for x in (0.0, 1.0, -1.0, 0.0, -1.0)]
+    assert m["probe/kl_ref"] == pytest.approx(sum(k3) / 5)
+    unchanged = probe_drift(ref, ref.clone(), mask, correct)
+    assert unchanged["probe/kl_ref"] == 0.0 and unchanged["probe/frac_correct_fell"] == 0.0

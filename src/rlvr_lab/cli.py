@@ -97,6 +97,10 @@ class ConsoleReporter:
         self.console.print(f"status: {summary.get('status')} | run dir: {summary.get('run_dir')}")
         if "final_checkpoint" in summary:
             self.console.print(f"final checkpoint (Hugging Face format): {summary['final_checkpoint']}")
+        if "report" in summary:
+            self.console.print(f"report (open in a browser): [bold cyan]{summary['report']}[/]")
+        for alert in summary.get("phase_alerts", []):
+            self.console.print(f"[yellow]phase alert[/] at step {alert['step']}: {', '.join(alert['entered'])}")
 
 
 def _load(config: Optional[Path], preset: list[Path], overrides: list[str]):

@@ -357,6 +357,21 @@ class EvalConfig(_Strict):
         return self
 
 
+class WandbConfig(_Strict):
+    enabled: bool = Field(False, description="Mirror the metrics to a Weights & Biases run (needs `rlvr-lab[wandb]`).")
+    project: str = Field("rlvr-lab", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); None: your default.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes under RUN_DIR/wandb with no account or network (`wandb sync` uploads later)."
+    )
+
+
+class MlflowConfig(_Strict):
+    enabled: bool = Field(False, description="Mirror the metrics to an MLflow run (needs `rlvr-lab[mlflow]`).")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; None: a local file store in RUN_DIR/mlruns (offline).")
+    experiment: str = Field("rlvr-lab", description="MLflow experiment name.")
+
+
 class ObserveConfig(_Strict):
     lld_every: int = Field(
         10, ge=0,
@@ -367,6 +382,21 @@ class ObserveConfig(_Strict):
     on_alert: Literal["warn", "checkpoint", "stop"] = Field(
         "warn", description="What to do on entering a decay or collapse phase: warn, also save a checkpoint, or stop the run."
     )
+    probe_prompts: int = Field(
+        16, ge=0,
+        description="Fixed probe set: this many held-out prompts with stored responses, re-scored every probe_every steps (0: off).",
+    )
+    probe_samples: int = Field(4, ge=1, description="Stored responses per probe prompt (sampled once, at the start of RL).")
+    probe_every: int = Field(5, ge=1, description="Re-score the probe set every N RL steps (one forward pass over the probes).")
+    probe_file: str | None = Field(
+        None,
+        description="Re-use the probe responses stored by another run (its probes.json), so runs are compared on the same responses.",
+    )
+    grad_groups: int = Field(4, ge=0, description="Log the gradient norm of this many bands of layers plus embedding and head (0: off).")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    report: bool = Field(True, description="Write RUN_DIR/report.html (interactive plots) when the run ends.")
 
 
 class Config(_Strict):

@@ -12,8 +12,11 @@ from rlvr_lab.diagnostics.phases import (
 from rlvr_lab.diagnostics.signals import (
     DEFAULT_LOW_PROB_THRESHOLD,
     entropy_summary,
+    kl_to_reference,
     likelihood_displacement,
     low_probability_tokens,
+    probe_drift,
+    response_likelihood,
 )
 
 __all__ = [
@@ -25,7 +28,10 @@ __all__ = [
     "PhaseDetector",
     "PhaseReport",
     "entropy_summary",
+    "kl_to_reference",
     "label_series",
     "likelihood_displacement",
     "low_probability_tokens",
+    "probe_drift",
+    "response_likelihood",
 ]

@@ -108,6 +108,101 @@ def likelihood_displacement(
     return out
 
 
+def response_likelihood(logprobs: torch.Tensor, loss_mask: torch.Tensor, correct: torch.Tensor) -> Metrics:
+    """Mean sequence log-likelihood of correct and of incorrect responses under one policy.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens (the rollout policy's ``old_logprobs``).
+        loss_mask: (B, T) bool or {0,1}; True on trained tokens.
+        correct: (B,) bool.
+
+    The "before" half of :func:`likelihood_displacement`, cheap enough for every step (no extra
+    forward pass), so the phase detector sees the likelihood series at every step. Returns
+    ``lld/{correct,incorrect}_logp_before`` (absent when a set is empty) and ``lld/num_{correct,incorrect}``.
+    """
+    _check_bt("logprobs", logprobs, loss_mask.shape)
+    if correct.shape != loss_mask.shape[:1]:
+        raise ValueError(f"correct has shape {tuple(correct.shape)}, expected ({loss_mask.shape[0]},)")
+    with torch.no_grad():
+        mask = loss_mask.to(torch.float32)
+        seq = (logprobs.detach().float() * mask).sum(-1)  # (B,)
+        nonempty = mask.sum(-1) > 0
+        out: Metrics = {}
+        for name, rows in (("correct", correct.bool() & nonempty), ("incorrect", ~correct.bool() & nonempty)):
+            n = int(rows.sum().item())
+            out[f"lld/num_{name}"] = float(n)
+            if n:
+                out[f"lld/{name}_logp_before"] = seq[rows].mean().item()
+    return out
+
+
+def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, loss_mask: torch.Tensor) -> Metrics:
+    """Token-mean KL(π‖π_ref) of the policy that sampled the tokens to the frozen reference.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the sampling policy π (``old_logprobs``).
+        ref_logprobs: (B, T) log-probs of the same tokens under π_ref.
+        loss_mask: (B, T) bool or {0,1}.
+
+    Uses Schulman's unbiased, non-negative k3 estimator with samples from π:
+    ``r − 1 − log r`` with ``r = π_ref/π`` (http://joschu.net/blog/kl-approx.html). Returns ``kl/ref``
+    (absent when no token counts).
+    """
+    _check_bt("ref_logprobs", ref_logprobs, loss_mask.shape)
+    return _k3_mean(logprobs, ref_logprobs, loss_mask, "kl/ref")
+
+
+def _k3_mean(sample_logprobs: torch.Tensor, other_logprobs: torch.Tensor, loss_mask: torch.Tensor, key: str) -> Metrics:
+    """Masked token mean of the k3 estimate of KL(sampler‖other), samples from the sampler."""
+    _check_bt("logprobs", sample_logprobs, loss_mask.shape)
+    with torch.no_grad():
+        mask = loss_mask.to(torch.bool)
+        if not mask.any():
+            return {}
+        log_r = (other_logprobs.detach().float() - sample_logprobs.detach().float()).clamp(-20.0, 20.0)[mask]
+        return {key: (log_r.exp() - 1.0 - log_r).mean().item()}
+
+
+def probe_drift(
+    ref_logprobs: torch.Tensor, logprobs: torch.Tensor, loss_mask: torch.Tensor, correct: torch.Tensor
+) -> Metrics:
+    """Likelihood of a fixed probe set's stored responses now, against when the probes were made.
+
+    Args:
+        ref_logprobs: (B, T) log-probs of the stored response tokens under the policy that made the
+            probe set (the reference: the policy at the start of RL).
+        logprobs: (B, T) the same tokens under the current policy.
+        loss_mask: (B, T) bool or {0,1}; True on the probe responses' sampled tokens.
+        correct: (B,) bool, the verifier's verdict on each stored response.
+
+    Because the responses never change, the series is comparable across steps and, with a shared probe
+    file, across runs (spec 2.3's likelihood measurement on a fixed set). Returns (deltas are
+    ``now − reference``, negative = the likelihood fell):
+        ``probe/{correct,incorrect}_logp``: mean sequence log-likelihood of correct / incorrect responses;
+        ``probe/{correct,incorrect}_logp_delta``; ``probe/frac_correct_fell`` (strictly fell);
+        ``probe/kl_ref``: token-mean k3 estimate of KL(π_ref‖π), unbiased when the probe responses were
+            sampled from π_ref (probes made in this run), a likelihood-ratio drift measure otherwise.
+    """
+    shape = loss_mask.shape
+    _check_bt("ref_logprobs", ref_logprobs, shape)
+    _check_bt("logprobs", logprobs, shape)
+    with torch.no_grad():
+        mask = loss_mask.to(torch.float32)
+        ref_seq = (ref_logprobs.detach().float() * mask).sum(-1)  # (B,)
+        now_seq = (logprobs.detach().float() * mask).sum(-1)  # (B,)
+        nonempty = mask.sum(-1) > 0
+        out: Metrics = {}
+        for name, rows in (("correct", correct.bool() & nonempty), ("incorrect", ~correct.bool() & nonempty)):
+            if rows.any():
+                out[f"probe/{name}_logp"] = now_seq[rows].mean().item()
+                out[f"probe/{name}_logp_delta"] = (now_seq[rows] - ref_seq[rows]).mean().item()
+        rows = correct.bool() & nonempty
+        if rows.any():
+            out["probe/frac_correct_fell"] = (now_seq[rows] < ref_seq[rows]).float().mean().item()
+        out.update(_k3_mean(ref_logprobs, logprobs, loss_mask, "probe/kl_ref"))
+    return out
+
+
 def entropy_summary(entropy: torch.Tensor, loss_mask: torch.Tensor) -> Metrics:
     """Mean and spread of the per-token policy entropy over trained tokens.
 

@@ -46,18 +46,3 @@ def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-") -> None:
     )
     for old in found[:-keep]:
         shutil.rmtree(old)
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it at once."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, default=float) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()

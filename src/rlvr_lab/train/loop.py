@@ -35,15 +35,17 @@ from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
-from rlvr_lab.train.checkpoint import MetricsWriter, make_run_dir, prune_checkpoints, save_checkpoint
+from rlvr_lab.train.checkpoint import make_run_dir, prune_checkpoints, save_checkpoint
 from rlvr_lab.train.methods import SINGLE_TURN_PROVIDES, FixedSchedule, Methods, both, check_inputs, startup_warnings
-from rlvr_lab.train.observe import Observer
+from rlvr_lab.diagnostics.probes import ProbeSet
+from rlvr_lab.train.observe import Observer, build_sinks, probe_batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 from rlvr_lab.train.sft import supervised_warmstart
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
 from rlvr_lab.types import Batch
 
 EVAL_SEED = 12345
+PROBE_SEED = 271828
 
 
 def pick_device(name: str) -> str:
@@ -103,7 +105,7 @@ class Trainer:
         self.device = pick_device(cfg.run.device)
         self.run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, overwrite=cfg.run.overwrite)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        self.metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.metrics = build_sinks(cfg, self.run_dir)
         loaded = load_model_and_tokenizer(
             cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype, device=self.device, seed=cfg.run.seed
         )
@@ -128,7 +130,7 @@ class Trainer:
         self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
         self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
-        self.observer = Observer(cfg.observe)
+        self.observer = Observer(cfg.observe, self.model)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         ds = cfg.algorithm.dynamic_sampling  # prompt offsets: warm-start examples first, then RL rounds
         self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
@@ -187,6 +189,35 @@ class Trainer:
         self.summary.setdefault("eval", {})[label] = result
         self.report("eval", label=label, result=result)
         return result
+
+    def make_probes(self) -> None:
+        """The fixed probe set: held-out prompts with stored responses (made now by the policy about to
+        be trained, or read from ``observe.probe_file``), scored once here for reference log-probs."""
+        obs = self.cfg.observe
+        if obs.probe_prompts == 0:
+            return
+        if obs.probe_file:
+            probes = ProbeSet.load(obs.probe_file)
+            vocab = self.model.get_input_embeddings().num_embeddings
+            if probes.max_token_id >= vocab:
+                raise ValueError(f"probe file {obs.probe_file} has token id {probes.max_token_id}, beyond this "
+                                 f"model's vocabulary ({vocab}); probe files only carry over between runs of one tokenizer")
+        else:
+            examples = self.eval_task.examples(min(obs.probe_prompts, len(self.eval_task)))
+            prompt_ids = self.engine.encode([self.env.render(ex) for ex in examples])
+            S = obs.probe_samples
+            gen = self.engine.generate([p for p in prompt_ids for _ in range(S)], self.sampling_params(), seed=PROBE_SEED)
+            scores = self.env.score(gen.texts, [ex for ex in examples for _ in range(S)])
+            probes = ProbeSet.from_rows(
+                gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, gen.sampled_mask,
+                [bool(s.correct) for s in scores], gen.texts,
+                meta={"task": self.cfg.task.name, "model": self.cfg.model.source, "prompts": len(examples), "samples": S},
+            )
+        ref = self.rescore(probe_batch(probes, self.engine.pad_id).to(self.device))
+        self.observer.set_probes(probes, ref, self.engine.pad_id)
+        probes.save(self.run_dir / "probes.json")
+        n_correct = sum(probes.correct)
+        self.summary["probes"] = {"responses": len(probes), "correct": n_correct, "file": str(self.run_dir / "probes.json")}
 
     def sampling_params(self) -> SamplingParams:
         r = self.cfg.rollout
@@ -317,6 +348,7 @@ class Trainer:
             self.model, optimizer, scheduler, batch, self.spec, minibatches=tcfg.minibatches, epochs=tcfg.epochs,
             micro_batch_size=tcfg.micro_batch_size, max_grad_norm=tcfg.optim.max_grad_norm,
             generator=self.generator, context=self.methods.context(step - 1), global_step=step - 1,
+            grad_groups=self.observer.grad_groups,
         ))
         if spear:
             record.update(self.replay(step, optimizer))
@@ -370,6 +402,20 @@ class Trainer:
         return save_checkpoint(self.model, self.tokenizer, self.run_dir / "checkpoints" / name,
                                meta={"rl_step": step, "config": self.cfg.model_dump(mode="json")})
 
+    def write_report(self) -> None:
+        """RUN_DIR/report.html from what the run wrote; a failure here is a warning, never the run's error."""
+        if not self.cfg.observe.report:
+            return
+        try:
+            from rlvr_lab.diagnostics.report import write_report
+
+            (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
+            self.summary["report"] = str(write_report([self.run_dir]))
+        except Exception as exc:  # noqa: BLE001 - the report must not hide the run's own outcome
+            message = f"could not write the report: {type(exc).__name__}: {exc}"
+            warnings.warn(message, stacklevel=2)
+            self.report("warning", message=message)
+
     # ---- the loop --------------------------------------------------------------------------------
 
     def rl_step(self, step: int, optimizer, scheduler) -> tuple[dict[str, float], list[str]]:
@@ -389,6 +435,8 @@ class Trainer:
             record.update(self.update(batch, step, optimizer, scheduler))
             if self.observer.wants_displacement(step):
                 record.update(self.observer.displacement(batch, self.rescore(batch)))
+        if self.observer.wants_probe(step):
+            record.update(self.observer.probe(self.rescore(self.observer.probe_inputs.to(self.device))))
         record["time/step_s"] = time.perf_counter() - t0
         return record, rollout.sample_texts
 
@@ -402,6 +450,7 @@ class Trainer:
             self.warm_start()
             if cfg.eval.enabled:
                 self.evaluate("before_rl", 0)
+            self.make_probes()
             self.freeze_reference()
             opt = tcfg.optim
             optimizer = build_optimizer(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
@@ -433,8 +482,9 @@ class Trainer:
             self.summary["status"] = status
             self.summary["rl_steps_done"] = step
             if hasattr(self, "run_dir"):
-                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
                 self.metrics.close()
+                self.write_report()
+                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
             self.report("done", summary=self.summary)
         return self.summary
 

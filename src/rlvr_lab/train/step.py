@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from rlvr_lab.diagnostics.grads import GradGroups
 from rlvr_lab.objectives import (
     AUX_LOSSES,
     POLICY_LOSSES,
@@ -187,13 +188,15 @@ def is_summed_metric(key: str) -> bool:
 def minibatch_update(
     model, optimizer, scheduler, mini: Batch, spec: LossSpec, *, micro_batch_size: int,
     max_grad_norm: float | None, context: ContextFn | None = None, global_step: int = 0,
+    grad_groups: GradGroups | None = None,
 ) -> dict[str, float]:
     """One optimiser step over ``mini`` with gradient accumulation across micro-batches.
 
     With ``global_normalization`` the denominators are counted over the whole mini-batch, so the
     accumulated gradient equals the gradient of the mini-batch loss whatever the micro-batch size.
     Otherwise each micro-batch normalises itself and the results are averaged (the reference forks).
-    ``context(mini)`` gives the mini-batch-level ``ctx.extras`` (see the module docstring).
+    ``context(mini)`` gives the mini-batch-level ``ctx.extras`` (see the module docstring);
+    ``grad_groups`` adds the pre-clip gradient norm of each layer group (``grad_norm/<group>``).
     """
     from rlvr_lab.train.optim import clip_and_step
 
@@ -210,6 +213,8 @@ def minibatch_update(
         weight = len(mb) / n
         for key, value in metrics.items():
             sums[key] += float(value) if is_summed_metric(key) else float(value) * weight
+    if grad_groups is not None:
+        sums.update(grad_groups.norms())
     grad_norm, stepped = clip_and_step(model, optimizer, scheduler, max_grad_norm)
     sums["policy/grad_norm"] = grad_norm
     sums["policy/skipped_steps"] = float(not stepped)
@@ -248,7 +253,7 @@ def score_tokens(
 def policy_update(
     model, optimizer, scheduler, batch: Batch, spec: LossSpec, *, minibatches: int, epochs: int,
     micro_batch_size: int, max_grad_norm: float | None, generator: torch.Generator,
-    context: ContextFn | None = None, global_step: int = 0,
+    context: ContextFn | None = None, global_step: int = 0, grad_groups: GradGroups | None = None,
 ) -> dict[str, float]:
     """All optimiser steps for one rollout batch: ``epochs`` passes of ``minibatches`` shuffled mini-batches.
 
@@ -273,6 +278,7 @@ def policy_update(
                 minibatch_update(
                     model, optimizer, scheduler, mini, spec, micro_batch_size=micro_batch_size,
                     max_grad_norm=max_grad_norm, context=context, global_step=global_step,
+                    grad_groups=grad_groups,
                 )
             )
     model.eval()

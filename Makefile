@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 THREADS ?= 2
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean chromium
 
 venv: $(STAMP)
 
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/rlvr train configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+
+# Debian's Chromium, for the headless-browser test of the HTML report (tests/test_report_browser.py).
+# Installed only as root with apt-get; anywhere else (or if apt fails) the browser test skips itself.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for tests/test_report_browser.py ..."; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	    || echo "could not install chromium; tests/test_report_browser.py will be skipped"; \
+	else echo "no /usr/bin/chromium (and no root apt-get to install it); tests/test_report_browser.py will be skipped"; fi
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py --threads $(THREADS)

@@ -120,3 +120,14 @@ def test_wandb_and_mlflow_offline(tmp_path, monkeypatch):
     rl = [r for r in read_metrics(run) if r["stage"] == "rl"]
     assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["reward/mean"])) for r in rl]
     assert mrun.data.params["task"] == "chain_sum"
+
+
+def test_probes_do_not_drift_when_the_policy_does_not_move(tmp_path):
+    over = FAST + [f"run.output_dir={tmp_path}", "eval.enabled=false", "train.steps=2", "train.optim.lr=1e-12",
+                   "observe.probe_prompts=4", "observe.probe_samples=2", "observe.probe_every=1"]
+    summary = Trainer(load_config(CONFIGS / "demo.yaml", overrides=over)).run()
+    for r in (r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"):
+        assert r["probe/kl_ref"] == pytest.approx(0.0, abs=1e-6)
+        for key in ("probe/correct_logp_delta", "probe/incorrect_logp_delta"):
+            if key in r:
+                assert r[key] == pytest.approx(0.0, abs=1e-5)

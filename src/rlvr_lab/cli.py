@@ -156,5 +156,25 @@ def list_components() -> None:
     console.print(f"[bold]reasoning-gym tasks ({len(names)})[/]: {', '.join(names)}")
 
 
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `rlvr train` (each with a metrics.jsonl); several are overlaid, one colour per run."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: report.html in the first run directory)."),
+    title: Optional[str] = typer.Option(None, help="Page title (default: the run names)."),
+) -> None:
+    """Write one self-contained interactive HTML report (summary table, phase timeline, per-step plots) of the runs."""
+    from rich.markup import escape
+
+    from rlvr_lab.diagnostics.report import write_report
+    from rlvr_lab.diagnostics.runlog import RunDirError
+
+    try:
+        path = write_report(run_dirs, out=out, title=title)
+    except RunDirError as exc:
+        console.print(f"[bold red]report error[/]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    console.print(f"report of {len(run_dirs)} run(s) (open in a browser; works offline): [bold cyan]{escape(str(path))}[/]")
+
+
 if __name__ == "__main__":
     app()

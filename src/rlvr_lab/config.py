@@ -65,9 +65,22 @@ class ModelConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    kind: Literal["reasoning_gym"] = Field("reasoning_gym", description="Where prompts and verifiers come from.")
-    name: str = Field("chain_sum", description="reasoning-gym task name.")
-    config: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym dataset options for the task.")
+    kind: Literal["reasoning_gym", "qa", "synthetic_kb"] = Field(
+        "reasoning_gym",
+        description="Where prompts and verifiers come from: a reasoning-gym task, a question-answering dataset "
+        "(JSONL/Parquet, train_path/eval_path), or a generated multi-hop knowledge base (for search).",
+    )
+    name: str = Field("chain_sum", description="reasoning-gym task name (a label for the other kinds).")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="reasoning-gym dataset options; for synthetic_kb the generator's sizes (n_people, ...) and "
+        "optionally `kinds` (question kinds to keep) and `hops` (1 and/or 2).",
+    )
+    train_path: str | None = Field(None, description="kind=qa: training questions (JSONL or Parquet with question/answers).")
+    eval_path: str | None = Field(None, description="kind=qa: held-out questions (default: the last eval_size of train_path).")
+    qa_reward: Literal["em", "f1", "search_r1"] = Field(
+        "em", description="kind=qa/synthetic_kb: exact match, token F1, or Search-R1's format-aware EM reward."
+    )
     train_size: int = Field(10_000, ge=1, description="Training prompts (cycled).")
     eval_size: int = Field(200, ge=1, description="Held-out prompts (a different seed than training).")
     seed: int = Field(1, description="Dataset seed; the held-out split uses seed + 1_000_003.")
@@ -399,6 +412,34 @@ class ObserveConfig(_Strict):
     report: bool = Field(True, description="Write RUN_DIR/report.html (interactive plots) when the run ends.")
 
 
+class SearchConfig(_Strict):
+    """Search-R1-style tool use (arXiv 2503.09516): multi-turn rollouts with a retriever."""
+
+    enabled: bool = Field(False, description="Roll out with the search tool (multi-turn) instead of one response.")
+    retriever: Literal["bm25", "http"] = Field("bm25", description="Local BM25 index over `corpus`, or a retrieval service at `url`.")
+    corpus: str | None = Field(None, description="JSONL corpus {id, title, text} for BM25; synthetic_kb tasks write their own.")
+    index_cache: str | None = Field(None, description="Where the BM25 index is cached (default: beside the corpus).")
+    url: str | None = Field(None, description="Retrieval service (Search-R1's /retrieve request/response shape).")
+    http_timeout_s: float = Field(30.0, gt=0, description="Per-request time limit of the retrieval service.")
+    http_retries: int = Field(2, ge=0, description="Retries (with backoff) of a failed request.")
+    top_k: int = Field(3, ge=1, description="Passages per search.")
+    max_turns: int = Field(2, ge=0, description="Tool calls per response; one last model turn follows without a call.")
+    max_obs_tokens: int = Field(500, ge=1, description="Longest observation (passage text) in tokens.")
+    instruction: str | None = Field(None, description="Prompt before the question (None: the Search-R1 task description).")
+    invalid_message: str | None = Field(None, description="Observation after an invalid action (None: Search-R1's message).")
+    invalid_action_penalty: float = Field(
+        0.0, ge=0,
+        description="Subtracted from the reward per invalid action (SPEAR's base recipe uses 0.1, arXiv 2509.22601; "
+        "per-action counting is inferred).",
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> SearchConfig:
+        if self.enabled and self.retriever == "http" and not self.url:
+            raise ValueError("search.retriever=http needs search.url")
+        return self
+
+
 class Config(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -409,6 +450,15 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _check_task_and_search(self) -> Config:
+        if self.task.kind == "qa" and not self.task.train_path:
+            raise ValueError("task.kind=qa needs task.train_path (JSONL or Parquet)")
+        if self.search.enabled and self.search.retriever == "bm25" and not self.search.corpus and self.task.kind != "synthetic_kb":
+            raise ValueError("search with the bm25 retriever needs search.corpus (only synthetic_kb tasks make their own)")
+        return self
 
 
 # ---- loading -------------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class SingleTurnEnv:
             self.tokenizer, question, system=self.system_prompt, use_chat_template=self.use_chat_template
         )
 
+    def generate(self, engine, prompts: Sequence[Sequence[int]], params, *, seed: int = 0, temperature_fn=None):
+        """One response per prompt, straight from the engine."""
+        return engine.generate(prompts, params, seed=seed, temperature_fn=temperature_fn)
+
     def score(self, texts: Sequence[str], examples: Sequence[Mapping[str, Any]]) -> list[Score]:
         return score_batch(self.verifier, texts, examples, timeout_s=self.timeout_s)
 

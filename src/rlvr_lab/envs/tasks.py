@@ -9,7 +9,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rlvr_lab.rewards.verifiers import Verifier, create_reasoning_gym_dataset, reasoning_gym_verifier
@@ -81,3 +81,81 @@ def overlap(a: ReasoningGymTask, b: ReasoningGymTask) -> int:
     """How many examples of ``b`` have a question that also occurs in ``a`` (contamination count)."""
     seen = set(a.questions())
     return sum(question in seen for question in b.questions())
+
+
+class QATask:
+    """Question-answering examples held in memory (a QA dataset file or a generated knowledge base),
+    with the interface of :class:`ReasoningGymTask`. Examples carry ``answers`` (a list of gold strings)."""
+
+    def __init__(self, name: str, examples: Sequence[Mapping[str, Any]], *, reward: str = "em") -> None:
+        if not examples:
+            raise ValueError(f"QA task {name!r} has no examples")
+        self.name, self.reward = name, reward
+        self._examples = [dict(ex) for ex in examples]
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._examples[index]
+
+    def examples(self, n: int, offset: int = 0) -> list[dict[str, Any]]:
+        return [self._examples[(offset + i) % len(self)] for i in range(n)]
+
+    def questions(self) -> list[str]:
+        return [ex["question"] for ex in self._examples]
+
+    def verifier(self, *, fallback: str = "none", partial_credit: bool = True) -> Verifier:
+        """Exact match, token F1 or Search-R1's format-aware EM on the last ``<answer>`` (``fallback`` and
+        ``partial_credit`` do not apply: F1 is the partial-credit reward)."""
+        from rlvr_lab.rewards.qa import qa_exact_match_verifier, qa_f1_verifier, search_r1_format_verifier
+
+        return {"em": qa_exact_match_verifier, "f1": qa_f1_verifier, "search_r1": search_r1_format_verifier}[self.reward]()
+
+    def __repr__(self) -> str:
+        return f"QATask({self.name!r}, {len(self)} examples, reward={self.reward!r})"
+
+
+def synthetic_kb_tasks(
+    config: Mapping[str, Any], *, seed: int, train_size: int, eval_size: int, reward: str = "em"
+) -> tuple[QATask, QATask, list[dict[str, str]]]:
+    """Train and held-out questions over one generated knowledge base, and its passages.
+
+    ``config`` holds :func:`generate_kb`'s sizes plus optional ``kinds`` and ``hops`` filters. Held-out
+    questions come first in the (shuffled) question list, so they do not depend on ``train_size``.
+    """
+    from rlvr_lab.envs.synthetic_kb import generate_kb
+
+    opts = dict(config)
+    kinds, hops = opts.pop("kinds", None), opts.pop("hops", None)
+    try:
+        kb = generate_kb(seed=seed, **opts)
+    except TypeError as exc:
+        raise ValueError(f"task.config for synthetic_kb: {exc}") from None
+    title = {p["id"]: p["title"] for p in kb.passages}
+    questions = [
+        {**q, "queries": [title[pid] for pid in q["support"]]}  # what a demonstration searches for
+        for q in kb.questions
+        if (kinds is None or q["kind"] in kinds) and (hops is None or q["hops"] in hops)
+    ]
+    if len(questions) <= eval_size:
+        raise ValueError(f"synthetic_kb has {len(questions)} questions after the filters; eval_size={eval_size} leaves none to train on")
+    held_out, train = questions[:eval_size], questions[eval_size : eval_size + train_size]
+    return QATask("synthetic_kb", train, reward=reward), QATask("synthetic_kb", held_out, reward=reward), kb.passages
+
+
+def qa_file_tasks(
+    train_path: str, eval_path: str | None, *, train_size: int, eval_size: int, reward: str = "em"
+) -> tuple[QATask, QATask]:
+    """Train and held-out questions from dataset files; without ``eval_path`` the last ``eval_size``
+    training questions are held out."""
+    from rlvr_lab.envs.qa_data import load_qa_dataset
+
+    train = load_qa_dataset(train_path)
+    if eval_path:
+        held_out = load_qa_dataset(eval_path, limit=eval_size)
+    else:
+        if len(train) <= eval_size:
+            raise ValueError(f"{train_path} has {len(train)} questions; holding out eval_size={eval_size} leaves none")
+        train, held_out = train[:-eval_size], train[-eval_size:]
+    return QATask(train_path, train[:train_size], reward=reward), QATask(eval_path or train_path, held_out, reward=reward)

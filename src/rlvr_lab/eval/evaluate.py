@@ -40,7 +40,7 @@ def evaluate(
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_strings=tuple(stop_strings))
         hits: list[float] = []
         for lo in range(0, len(prompts), max_batch):
-            gen = engine.generate(prompts[lo : lo + max_batch], params, seed=seed)
+            gen = env.generate(engine, prompts[lo : lo + max_batch], params, seed=seed)
             hits += [float(_correct(s)) for s in env.score(gen.texts, examples[lo : lo + max_batch])]
         out["eval/greedy_acc"] = sum(hits) / len(hits)
         out["eval/greedy_acc_se"] = standard_error(hits)
@@ -50,7 +50,7 @@ def evaluate(
     for lo in range(0, len(prompts), per_batch):
         chunk = prompts[lo : lo + per_batch]
         exs = examples[lo : lo + per_batch]
-        gen = engine.generate([p for p in chunk for _ in range(samples)], params, seed=seed + 1 + lo)
+        gen = env.generate(engine, [p for p in chunk for _ in range(samples)], params, seed=seed + 1 + lo)
         scores = env.score(gen.texts, [ex for ex in exs for _ in range(samples)])
         ok = torch.tensor([_correct(s) for s in scores]).view(len(chunk), samples)
         counts += ok.sum(-1).tolist()

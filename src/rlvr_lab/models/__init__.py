@@ -1,19 +1,26 @@
 """Loading a causal LM and its tokenizer: a tiny model from a config, a local HF directory, or a GGUF file.
 
-Importing this package loads transformers and tokenizers but nothing from ``rlvr_lab.train`` or the backends.
+Importing this package loads nothing heavy; transformers is loaded with the first model or tokenizer function.
 """
 
-from rlvr_lab.models.chat import render_prompt
-from rlvr_lab.models.loading import (
-    DTYPES,
-    SMOLLM2_ALIAS,
-    TINY_SOURCE,
-    LoadedModel,
-    load_model_and_tokenizer,
-    resolve_smollm2_gguf,
-)
-from rlvr_lab.models.tiny import TinyModelConfig, build_tiny_model, tiny_llama_config
-from rlvr_lab.models.tokenizer import CHAR_CHAT_TEMPLATE, DEFAULT_TAGS, build_char_tokenizer
+import importlib
+
+# Names are imported on first use (PEP 562), so that importing one submodule (the config imports
+# ``models.tiny`` for TinyModelConfig) does not load transformers.
+_WHERE = {
+    "render_prompt": "chat",
+    "DTYPES": "loading", "SMOLLM2_ALIAS": "loading", "TINY_SOURCE": "loading", "LoadedModel": "loading",
+    "load_model_and_tokenizer": "loading", "resolve_smollm2_gguf": "loading",
+    "TinyModelConfig": "tiny", "build_tiny_model": "tiny", "tiny_llama_config": "tiny",
+    "CHAR_CHAT_TEMPLATE": "tokenizer", "DEFAULT_TAGS": "tokenizer", "build_char_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rlvr_lab.models.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "CHAR_CHAT_TEMPLATE",

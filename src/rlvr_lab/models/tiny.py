@@ -6,9 +6,12 @@ It is a real ``transformers.LlamaForCausalLM``, so the same code paths (KV cache
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers (and torch) load with the first model built, not with the config
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 
 class TinyModelConfig(BaseModel):
@@ -49,6 +52,8 @@ class TinyModelConfig(BaseModel):
 
 def tiny_llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     """Translate a ``TinyModelConfig`` and a tokenizer into the ``LlamaConfig`` that builds the model."""
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=len(tokenizer),  # len() counts added tokens; .vocab_size may not
         hidden_size=cfg.hidden_size,
@@ -77,6 +82,9 @@ def build_tiny_model(
     so building a model never shifts the sampling stream of the caller.
     """
     config = tiny_llama_config(cfg, tokenizer)
+    import torch
+    from transformers import LlamaForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

@@ -10,6 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 from rlvr_lab.rewards.extract import FALLBACKS, extract_answer
+from rlvr_lab.rewards.qa import (
+    count_valid_searches,
+    exact_match,
+    format_violation,
+    gold_answers,
+    is_valid_format,
+    normalize_answer,
+    qa_exact_match_verifier,
+    qa_f1_verifier,
+    retrieval_hit,
+    search_r1_format_verifier,
+    substring_match,
+    token_f1,
+)
 from rlvr_lab.rewards.rubric import Rubric
 from rlvr_lab.rewards.safe import TIMEOUT_ERROR, safe_score, score_batch, summarize_scores
 from rlvr_lab.rewards.verifiers import (
@@ -29,6 +43,9 @@ VERIFIERS: dict[str, Callable[..., Verifier]] = {
     "math": math_verifier,
     "exact_match": exact_match_verifier,
     "format": format_verifier,
+    "qa_exact_match": qa_exact_match_verifier,
+    "qa_f1": qa_f1_verifier,
+    "search_r1": search_r1_format_verifier,
 }
 """Verifier factories by kind, for configs."""
 
@@ -48,15 +65,27 @@ __all__ = [
     "Verifier",
     "build_verifier",
     "check_reasoning_gym_task",
+    "count_valid_searches",
     "create_reasoning_gym_dataset",
+    "exact_match",
     "exact_match_verifier",
     "extract_answer",
     "format_verifier",
+    "format_violation",
+    "gold_answers",
+    "is_valid_format",
     "math_verifier",
+    "normalize_answer",
     "normalize_text",
+    "qa_exact_match_verifier",
+    "qa_f1_verifier",
     "reasoning_gym_task_names",
     "reasoning_gym_verifier",
+    "retrieval_hit",
     "safe_score",
     "score_batch",
+    "search_r1_format_verifier",
+    "substring_match",
     "summarize_scores",
+    "token_f1",
 ]

@@ -20,6 +20,9 @@ COMPACT_AT = 0.75
 
 # Adaptive sampler: raw next-token logits (N, V) of the rows still decoding -> their temperatures (N,).
 TemperatureFn = Callable[[torch.Tensor], torch.Tensor]
+# Called as soon as a row stops (EOS or stop string) with its row index and sampled token ids, while the
+# other rows keep decoding: a tool environment starts the tool call there (multi-turn rollouts).
+FinishFn = Callable[[int, list[int]], None]
 
 
 class _HFCache:
@@ -95,9 +98,13 @@ class _StopChecker:
         return done
 
     def cut(self, text: str) -> str:
-        """Cut decoded text just after the first stop string."""
-        ends = [text.find(s) + len(s) for s in self.stop_strings if s in text]
-        return text[: min(ends)] if ends else text
+        return cut_at_stop(text, self.stop_strings)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Cut decoded text just after the first stop string (unchanged when none occurs)."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[: min(ends)] if ends else text
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -143,7 +150,7 @@ class RolloutEngine:
     def generate_text(self, prompts: Sequence[str], params: SamplingParams, *, seed: int = 0) -> Generation:
         return self.generate(self.encode(prompts), params, seed=seed)
 
-    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         lp = max(len(p) for p in prompts)
@@ -156,7 +163,7 @@ class RolloutEngine:
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,
-        temperature_fn: TemperatureFn | None = None,
+        temperature_fn: TemperatureFn | None = None, on_finish: FinishFn | None = None,
     ) -> Generation:
         """Sample one continuation per prompt (repeat a prompt G times for a group).
 
@@ -164,10 +171,12 @@ class RolloutEngine:
         ``temperature_fn`` turns on an adaptive sampler (HAPO, arXiv 2509.16591 section 8.5): at every
         decoding step it maps the raw logits of the rows still running to one temperature each; the
         ``sampler_logprobs`` are then those of each row's own tempered distribution.
+        ``on_finish(row, ids)`` is called for each row that stops before ``max_new_tokens``, at the
+        step it stops (rows cut by the length limit are not reported: the caller has them all at the end).
         """
         if temperature_fn is not None and params.greedy:
             raise ValueError("an adaptive temperature needs sampling (temperature > 0), not greedy decoding")
-        prompt_ids, prompt_mask = self._left_pad(prompts)
+        prompt_ids, prompt_mask = self.left_pad(prompts)
         B, Lp = prompt_ids.shape
         T = params.max_new_tokens
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
@@ -203,6 +212,9 @@ class RolloutEngine:
             n_done = int(done.sum())
             if n_done:
                 truncated[r[done]] = False
+                if on_finish is not None:
+                    for row in r[done].tolist():
+                        on_finish(row, out_ids[row, : step + 1][out_valid[row, : step + 1]].tolist())
                 alive[(torch.arange(len(alive), device=alive.device) if live is None else live)[done]] = False
                 n_alive, all_alive = n_alive - n_done, False
             if n_alive == 0 or step == T - 1:

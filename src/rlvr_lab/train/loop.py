@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from rlvr_lab.config import Config, dump_config
-from rlvr_lab.envs import SingleTurnEnv, split_train_eval, task_rubric
 from rlvr_lab.eval.evaluate import evaluate
 from rlvr_lab.models import load_model_and_tokenizer
 from rlvr_lab.objectives import (
@@ -33,10 +32,20 @@ from rlvr_lab.objectives import (
 from rlvr_lab.objectives.thr import SCORE_KEY
 from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
+from rlvr_lab.rollout.multiturn import MultiTurnGeneration
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
 from rlvr_lab.train.checkpoint import make_run_dir, prune_checkpoints, save_checkpoint
-from rlvr_lab.train.methods import SINGLE_TURN_PROVIDES, FixedSchedule, Methods, both, check_inputs, startup_warnings
+from rlvr_lab.train.environment import build_env, build_tasks
+from rlvr_lab.train.methods import (
+    SINGLE_TURN_PROVIDES,
+    TOOL_USE_PROVIDES,
+    FixedSchedule,
+    Methods,
+    both,
+    check_inputs,
+    startup_warnings,
+)
 from rlvr_lab.diagnostics.probes import ProbeSet
 from rlvr_lab.train.observe import Observer, build_sinks, probe_batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
@@ -94,7 +103,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        check_inputs(cfg, SINGLE_TURN_PROVIDES)  # the rollouts below are single-turn
+        check_inputs(cfg, TOOL_USE_PROVIDES if cfg.search.enabled else SINGLE_TURN_PROVIDES)
         self.warnings = startup_warnings(cfg)
         for message in self.warnings:
             warnings.warn(message, stacklevel=2)
@@ -110,18 +119,8 @@ class Trainer:
             cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype, device=self.device, seed=cfg.run.seed
         )
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.train_task, self.eval_task = split_train_eval(
-            cfg.task.name, config=cfg.task.config, train_size=cfg.task.train_size,
-            eval_size=cfg.task.eval_size, seed=cfg.task.seed,
-        )
-        verifier = task_rubric(
-            self.train_task.verifier(fallback=cfg.task.answer_fallback, partial_credit=cfg.task.partial_credit), format_weight=cfg.task.format_weight
-        )
-        self.env = SingleTurnEnv(
-            tokenizer=self.tokenizer, verifier=verifier, instruction=cfg.task.instruction,
-            system_prompt=cfg.model.system_prompt, use_chat_template=cfg.model.use_chat_template,
-            timeout_s=cfg.task.verifier_timeout_s,
-        )
+        self.train_task, self.eval_task, corpus = build_tasks(cfg, self.run_dir)
+        self.env = build_env(cfg, self.tokenizer, self.train_task, corpus)
         # Held-out means held out: training never sees a question that is also in the eval set.
         eval_questions = set(self.eval_task.questions())
         self.train_indices = [i for i, q in enumerate(self.train_task.questions()) if q not in eval_questions]
@@ -169,10 +168,22 @@ class Trainer:
             lambda step, n: self.train_examples(n, step * n),
             steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim,
             target_template=cfg.target_template, on_step=on_step,
-            loss=cfg.loss.name, loss_params=cfg.loss.params,
+            loss=cfg.loss.name, loss_params=cfg.loss.params, targets=self.demonstrations(),
         )
         self.summary["sft"] = {"steps": cfg.steps, "final_loss": history[-1]["sft/loss"],
                                "seconds": time.perf_counter() - t0}
+
+    def demonstrations(self):
+        """Warm-start targets from the environment (search trajectories), or None for the template."""
+        demo = getattr(self.env, "demonstration", None)
+        if demo is None:
+            return None
+
+        def targets(examples):
+            pairs = [demo(ex) for ex in examples]
+            return [ids for ids, _ in pairs], [mask for _, mask in pairs]
+
+        return targets
 
     def evaluate(self, label: str, step: int) -> dict[str, float]:
         ecfg, rcfg = self.cfg.eval, self.cfg.rollout
@@ -233,10 +244,12 @@ class Trainer:
         offset = self.sft_offset + (step * self.rounds_per_step_hint + round_) * P
         examples = self.train_examples(P, offset)
         prompt_ids = self.engine.encode([self.env.render(ex) for ex in examples])
-        gen = self.engine.generate(
-            [p for p in prompt_ids for _ in range(G)], self.sampling_params(),
+        t0 = time.perf_counter()
+        gen = self.env.generate(
+            self.engine, [p for p in prompt_ids for _ in range(G)], self.sampling_params(),
             seed=self.cfg.run.seed * 1_000_003 + step * 1009 + round_, temperature_fn=self.methods.temperature_fn(),
         )
+        generate_s = time.perf_counter() - t0
         repeated = [ex for ex in examples for _ in range(G)]
         scores = self.env.score(gen.texts, repeated)
         rewards = torch.tensor([s.value for s in scores], dtype=torch.float32)
@@ -247,8 +260,16 @@ class Trainer:
             rewards = rewards + penalty
             metrics["dapo/overlong_reward"] = float(penalty.mean())
             metrics["dapo/overlong_ratio"] = float((penalty < 0).float().mean())
-        rewards, bonus_metrics = self.methods.shape_rewards(rewards, None, step - 1)  # single-turn: no tool calls
+        tool = tool_use_rows(gen)
+        penalty = self.cfg.search.invalid_action_penalty
+        if tool and penalty > 0:
+            invalid = gen.counts.get("invalid_action", torch.zeros(len(gen)))
+            rewards = rewards - penalty * invalid
+            metrics["search/invalid_action_penalty"] = float((penalty * invalid).mean())
+        rewards, bonus_metrics = self.methods.shape_rewards(rewards, tool.get("tool_calls"), step - 1)
         metrics.update(bonus_metrics)
+        if tool:
+            metrics.update(tool_use_metrics(gen, generate_s))
         lengths = gen.response_lengths.float()
         metrics.update({
             "rollout/response_len_mean": float(lengths.mean()),
@@ -259,6 +280,7 @@ class Trainer:
         correct = torch.tensor([float(bool(s.correct)) for s in scores]).view(P, G)
         batch = batch_from_generation(gen, rewards, group_ids)
         batch.extras["correct"] = correct.view(-1).bool()
+        batch.extras.update(tool)
         return batch, correct, metrics, gen.texts[:G]
 
     def collect(self, step: int) -> Rollout:
@@ -487,6 +509,39 @@ class Trainer:
                 (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
             self.report("done", summary=self.summary)
         return self.summary
+
+
+def tool_use_rows(gen) -> dict[str, torch.Tensor]:
+    """Per-row objective inputs of a multi-turn generation (none for a single-turn one)."""
+    if not isinstance(gen, MultiTurnGeneration):
+        return {}
+    zeros = torch.zeros(len(gen))
+    return {
+        "action_ids": gen.action_ids.cpu(),
+        "answer_mask": gen.answer_mask.cpu(),
+        "valid_searches": gen.counts.get("valid_search", zeros),
+        "tool_calls": gen.counts.get("tool_calls", zeros),
+    }
+
+
+def tool_use_metrics(gen: MultiTurnGeneration, generate_s: float) -> dict[str, float]:
+    """Search-R1's rollout statistics (spec 10.2) and the tool's share of the rollout time."""
+    n = float(len(gen))
+    count = {name: float(v.sum()) for name, v in gen.counts.items()}
+    turns = float(gen.turns.float().sum())
+    tool_s = count.get("tool_seconds", 0.0)
+    return {
+        "search/turns_mean": turns / n,
+        "search/valid_searches_mean": count.get("valid_search", 0.0) / n,
+        "search/frac_searched": float((gen.counts.get("valid_search", torch.zeros(1)) > 0).float().mean()),
+        "search/invalid_action_rate": count.get("invalid_action", 0.0) / max(turns, 1.0),
+        "search/answered_rate": count.get("answered", 0.0) / n,
+        "search/failed_searches": count.get("failed_search", 0.0),
+        "search/tool_seconds": tool_s,
+        # the tool runs on worker threads, overlapped with decoding: summed call time over rollout wall time
+        "search/tool_time_share": tool_s / max(generate_s, 1e-9),
+        "state_tokens/coverage": float(gen.sampled_mask.sum()) / max(float(gen.response_mask.sum()), 1.0),
+    }
 
 
 def advantage_summary(batch: Batch) -> dict[str, float]:

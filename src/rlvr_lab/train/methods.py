@@ -69,6 +69,7 @@ Metrics = dict[str, float]
 # Per-row inputs a single-turn rollout can give the objectives (tool-use rollouts add answer_mask,
 # valid_searches and tool_calls).
 SINGLE_TURN_PROVIDES = frozenset({"action_ids"})
+TOOL_USE_PROVIDES = frozenset({"action_ids", "answer_mask", "valid_searches", "tool_calls"})
 
 
 # ---- facts the objective modules do not declare themselves -------------------------------------

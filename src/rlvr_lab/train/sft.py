@@ -20,10 +20,18 @@ from rlvr_lab.types import Batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler, clip_and_step
 
 
+# examples -> (target token ids, per-token loss mask or None for "train on every target token")
+TargetFn = Callable[[Sequence[Mapping[str, Any]]], tuple[list[list[int]], list[list[bool]] | None]]
+
+
 def sft_targets(tokenizer, examples: Sequence[Mapping[str, Any]], template: str) -> list[list[int]]:
     """Token ids of ``template.format(answer=...)`` followed by EOS, per example."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return [tokenizer.encode(template.format(answer=ex["answer"]), add_special_tokens=False) + eos for ex in examples]
+
+
+def template_targets(tokenizer, template: str) -> TargetFn:
+    return lambda examples: (sft_targets(tokenizer, examples, template), None)
 
 
 def cross_entropy_loss(model, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -59,12 +67,16 @@ def supervised_warmstart(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     loss: str = "cross_entropy",
     loss_params: Mapping[str, Any] | None = None,
+    targets: TargetFn | None = None,
 ) -> list[dict[str, float]]:
     """``steps`` steps of the ``loss`` objective (a name in :data:`SFT_LOSSES`) on ``target_template`` responses.
 
     ``next_examples(step, n)`` returns the examples of a step; ``render`` turns one into the prompt.
     The record of each step has ``sft/loss`` plus the objective's own metrics (``div_prec/*``).
+    ``targets`` replaces the template with demonstrations that may mask tokens out of the loss (tool
+    output inside a multi-turn demonstration).
     """
+    targets = targets or template_targets(tokenizer, target_template)
     loss_fn = SFT_LOSSES[loss]
     optimizer = build_optimizer(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, total_steps=steps, schedule=optim.schedule)
@@ -74,7 +86,11 @@ def supervised_warmstart(
     for step in range(steps):
         examples = next_examples(step, batch_size)
         prompts = [tokenizer.encode(render(ex), add_special_tokens=False) for ex in examples]
-        batch = supervised_batch(prompts, sft_targets(tokenizer, examples, target_template), pad)
+        ids, masks = targets(examples)
+        batch = supervised_batch(prompts, ids, pad)
+        if masks is not None:
+            for i, mask in enumerate(masks):
+                batch.loss_mask[i, : len(mask)] &= torch.as_tensor(mask, dtype=torch.bool)
         batch = batch.to(next(model.parameters()).device)
         value, metrics = loss_fn(model, batch, **(loss_params or {}))
         value.backward()

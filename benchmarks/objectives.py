@@ -81,7 +81,7 @@ def main() -> None:
         args.presets = args.presets or "lp_reg,llds,thr"
     torch.set_num_threads(args.threads)
     names = args.presets.split(",") if args.presets else sorted(
-        p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in SKIP
+        p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in SKIP and not p.stem.startswith("search_")
     )
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [

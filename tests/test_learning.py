@@ -23,7 +23,7 @@ def seven_first(text: str, example) -> Score:
 
 
 def run(tmp_path, monkeypatch, preset: str, steps: int):
-    monkeypatch.setattr("rlvr_lab.train.loop.task_rubric", lambda verifier, format_weight: seven_first)
+    monkeypatch.setattr("rlvr_lab.train.environment.task_rubric", lambda verifier, format_weight: seven_first)
     cfg = load_config(
         CONFIGS / "demo.yaml",
         presets=[CONFIGS / f"{preset}.yaml"],

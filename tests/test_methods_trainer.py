@@ -51,7 +51,8 @@ NAMESPACES = {
     "passk": "passk/", "pkpo": "passk/", "spear": "spear/",
     "div_prec_precision": "div_prec/", "div_prec_tail": "div_prec/",
 }
-PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "demo")
+RUN_CONFIGS = ("demo", "search_")  # whole runs, not presets merged over one
+PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith(RUN_CONFIGS))
 
 
 def parity_reward(text: str, example) -> Score:
@@ -62,7 +63,7 @@ def parity_reward(text: str, example) -> Score:
 
 @pytest.fixture
 def mixed_rewards(monkeypatch):
-    monkeypatch.setattr("rlvr_lab.train.loop.task_rubric", lambda verifier, format_weight: parity_reward)
+    monkeypatch.setattr("rlvr_lab.train.environment.task_rubric", lambda verifier, format_weight: parity_reward)
 
 
 def preset_config(tmp_path, preset, *extra):

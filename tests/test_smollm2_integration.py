@@ -40,7 +40,7 @@ def test_one_grpo_step_on_smollm2(tmp_path, monkeypatch):
     )
     # a reward that varies with the response, so every group has a non-zero advantage
     monkeypatch.setattr(
-        "rlvr_lab.train.loop.task_rubric",
+        "rlvr_lab.train.environment.task_rubric",
         lambda verifier, format_weight: (lambda text, example: Score(value=float(len(text) % 3), correct=False)),
     )
     trainer = Trainer(cfg)

@@ -252,7 +252,7 @@ class AlgorithmConfig(_Strict):
         default_factory=list, description="Auxiliary losses added to the policy loss, each with its own normalisation (e.g. LLDS)."
     )
     aggregation: str = Field("token-mean", description="Loss reduction; one of the registered modes.")
-    t_norm: int | None = Field(None, ge=1, description="T_norm of seq-mean-token-sum-norm (default: rollout.max_new_tokens).")
+    t_norm: int | None = Field(None, ge=1, description="T_norm of seq-mean-token-sum-norm (default: the longest possible response: rollout.max_new_tokens, times the turns with search, plus observations).")
     global_normalization: bool = Field(True, description="Normalise by whole-mini-batch counts (exact under micro-batching).")
     exclude_empty_sequences: bool = Field(False, description="Leave empty responses out of B in seq-mean modes.")
     legacy_no_batch_norm: bool = Field(False, description="seq-mean-token-sum-norm without 1/B (verl <= 0.8, SPEAR).")

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from rlvr_lab.envs.qa_data import json_object
+
 logger = logging.getLogger(__name__)
 
 NO_RESULTS = "No passages found."
@@ -168,12 +170,7 @@ def _read_corpus(path: Path, *, hasher: Any | None) -> Iterator[Passage]:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 text ({exc})") from exc
             if not line:
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row = json_object(line, f"{path}:{lineno}")
             try:
                 yield passage_from_document(row, default_id=str(count))
             except ValueError as exc:

@@ -65,13 +65,20 @@ def pick_device(name: str) -> str:
     return "cpu"
 
 
+def max_response_tokens(cfg: Config) -> int:
+    """The longest response a rollout can produce: one turn, or with search every model turn plus every
+    observation (a bound used as T_norm of seq-mean-token-sum-norm when ``algorithm.t_norm`` is unset)."""
+    turn, s = cfg.rollout.max_new_tokens, cfg.search
+    return turn if not s.enabled else turn * (s.max_turns + 1) + s.max_obs_tokens * s.max_turns
+
+
 def loss_spec(cfg: Config) -> LossSpec:
     algo = cfg.algorithm
     return LossSpec(
         policy_loss=algo.policy_loss.name,
         policy_params=dict(algo.policy_loss.params),
         aggregation=algo.effective_aggregation,
-        t_norm=float(algo.t_norm or cfg.rollout.max_new_tokens),
+        t_norm=float(algo.t_norm or max_response_tokens(cfg)),
         global_normalization=algo.global_normalization,
         exclude_empty_sequences=algo.exclude_empty_sequences,
         legacy_no_batch_norm=algo.legacy_no_batch_norm,

@@ -157,6 +157,14 @@ def test_turn_limit_stops_tool_calls_and_rows_run_independently():
     assert engine.calls == [2, 1]  # the answered row leaves the batch
     assert spans(gen, 0)[-1] == ("<search>b</search>", True)
     assert gen.answer_mask[0].sum() == 0
+    # the last turn is counted, not executed: row 1's search, row 2's answer (its only turn, not final)
+    assert gen.counts["unexecuted_search"].tolist() == [1.0, 0.0]
+    assert gen.counts["answered"].tolist() == [0.0, 1.0]
+
+
+def test_an_answer_in_the_last_turn_is_counted():
+    gen, _ = rollout({"Q: q": ["<search>a</search>", "<answer>x</answer>"]}, make_env(max_turns=1))
+    assert gen.counts["answered"].tolist() == [1.0] and gen.counts["tool_calls"].tolist() == [1.0]
 
 
 def test_failed_retrieval_becomes_an_observation_not_a_crash():

@@ -15,7 +15,7 @@ from test_trainer_run import CONFIGS, read_metrics
 SEARCH_FAST = [
     "run.threads=2",
     "model.tiny={hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64, max_position_embeddings: 256}",
-    "task.config={hops: [1], n_people: 20, n_cities: 10, n_companies: 5}",
+    "task.config={n_cities: 40}",
     "task.train_size=50",
     "task.eval_size=8",
     "sft.steps=3",

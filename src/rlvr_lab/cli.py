@@ -70,7 +70,9 @@ class ConsoleReporter:
         self.console.print(
             f"step {step:>4}/{total} | reward {g('reward/mean', 0):.3f} | acc {g('reward/accuracy', 0):.3f} | "
             f"entropy {g('policy/entropy', float('nan')):.3f} | len {g('rollout/response_len_mean', 0):.1f} | "
-            f"kl {g('grpo/ppo_kl', 0):+.4f} | {g('time/step_s', 0):.2f}s"
+            f"kl {g('grpo/ppo_kl', 0):+.4f} | "
+            + (f"searches {g('search/valid_searches_mean'):.2f} | " if "search/valid_searches_mean" in record else "")
+            + f"{g('time/step_s', 0):.2f}s"
             + (f" | [yellow]{record['phase/label']}[/]" if record.get("phase/label") in ALERT_LABELS + ("stagnation",) else "")
         )
         if self.show_samples and samples and step in (1, total):

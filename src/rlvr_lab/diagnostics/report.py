@@ -150,6 +150,13 @@ PANELS: tuple[Panel, ...] = (
            Line("rollout/clip_ratio_len", "truncated", dash="dot", right=True)),
           right_title="truncation rate", right_is_fraction=True,
           caption="Truncated: responses that hit the generation limit."),
+    Panel("search", "Tool use (search)", "searches per response",
+          (Line("search/valid_searches_mean", "valid searches"),
+           Line("search/frac_searched", "share that searched", dash="dot", right=True),
+           Line("search/answered_rate", "share that answered", dash="dash", right=True),
+           Line("search/invalid_action_rate", "invalid actions per turn", dash="dashdot", right=True)),
+          right_title="share", right_is_fraction=True,
+          caption="Multi-turn search rollouts: how often the policy searches, answers, or breaks the protocol."),
     Panel("sft_loss", "Warm-start (SFT) loss", "cross-entropy", (Line("sft/loss", "loss"),), stage="sft",
           caption="Supervised warm-start before RL, per optimiser step."),
 )

@@ -97,6 +97,12 @@ class SearchEnv:
                          counts={"tool_calls": 1.0, "valid_search": 1.0, "failed_search": float(failed),
                                  "tool_seconds": seconds})
 
+    def final_reply(self, turn_text: str) -> ToolReply:
+        """The last turn's action, counted but not executed (a search there is ``unexecuted_search``)."""
+        kind, _ = parse_action(turn_text)
+        name = {"answer": "answered", "invalid": "invalid_action", "search": "unexecuted_search"}[kind]
+        return ToolReply(done=True, counts={name: 1.0})
+
     def _truncate(self, text: str) -> str:
         """At most ``max_obs_tokens`` tokens of passage text (cut before wrapping, so the closing tag survives)."""
         ids = self.tokenizer.encode(text, add_special_tokens=False)

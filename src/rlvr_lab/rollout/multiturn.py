@@ -45,6 +45,10 @@ class ToolEnv(Protocol):
 
     def reply(self, turn_text: str) -> ToolReply: ...
 
+    def final_reply(self, turn_text: str) -> ToolReply:
+        """The counts of the last turn, whose tool call (if any) is not executed."""
+        ...
+
     def observation_ids(self, text: str) -> list[int]: ...
 
 
@@ -134,6 +138,8 @@ def multi_turn_generate(
                 row.last_turn, row.last_text = (start, len(row.ids)), gen.texts[j]
                 if final:
                     row.truncated = bool(gen.truncated[j])
+                    for name, value in tool.final_reply(gen.texts[j]).counts.items():
+                        counts[name][i] += value
                     continue
                 if j not in pending:  # cut by the token limit: no stop string, the tool still answers
                     pending[j] = pool.submit(tool.reply, gen.texts[j])

@@ -126,14 +126,10 @@ import torch
 from rlvr_lab.config import Config, apply_override, build_config, deep_merge, load_config, parse_override
 from rlvr_lab.objectives import (
     ADVANTAGE_ESTIMATORS,
-    AUX_LOSSES,
-    POLICY_LOSSES,
     TOKEN_ADVANTAGE_MODIFIERS,
-    TOKEN_LOSS_OVERRIDES,
     Denominators,
     broadcast_to_tokens,
     denominators,
-    kl_estimate,
     overlong_penalty,
 )
 from rlvr_lab.objectives.thr import SCORE_KEY
@@ -142,8 +138,8 @@ from rlvr_lab.train.methods import SINGLE_TURN_PROVIDES, Methods, both, check_in
 from rlvr_lab.train.observe import Observer
 from rlvr_lab.train.step import (
     LossSpec,
-    is_loss_share,
     is_summed_metric,
+    loss_from_logprobs,
     score_tokens,
     step_context,
     token_summary,
@@ -176,7 +172,8 @@ TRL_LOSS_OPTIONS = (
     ("importance_sampling_level", "token", "for a sequence-level ratio use method='gspo'"),
     ("entropy_coef", 0.0, "set the entropy bonus with overrides=['algorithm.entropy_coef=...']"),
     ("use_adaptive_entropy", False, "adaptive entropy control is not an rlvr-lab component; leave it off"),
-    ("delta", None, "for a dual clip set the policy loss's clip_ratio_c, e.g. overrides=['algorithm.policy_loss.params.clip_ratio_c=3.0']"),
+    ("delta", None, "INTELLECT-2's two-sided clip is not an rlvr-lab component (the nearest is the dual clip for "
+                    "A < 0: overrides=['algorithm.policy_loss.params.clip_ratio_c=3.0']); leave it unset"),
 )
 
 
@@ -197,7 +194,8 @@ def preset_path(method: str) -> Path:
     if candidate.is_file():
         return candidate
     known = available_methods()
-    where = f"presets in {CONFIGS}: {', '.join(known)}" if known else f"no presets found in {CONFIGS} (not an editable install?)"
+    where = (f"presets in {CONFIGS}: {', '.join(known)}" if known
+             else f"no presets found in {CONFIGS} (not an editable install?)")
     raise ValueError(f"unknown method {method!r}; {where}. Pass algorithm={{...}} or a path to a YAML file instead.")
 
 
@@ -363,42 +361,9 @@ def composed_loss(
     extras: dict[str, Any] | None = None,
     global_step: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """rlvr-lab's loss of one micro-batch from its (B, T) ``logprobs`` (with grad) and ``entropy``.
-
-    The same composition as :func:`rlvr_lab.train.step.micro_batch_loss` after its forward pass,
-    which the parity tests check: policy loss -> token overrides -> aggregation with ``den`` (the
-    whole optimiser step's counts) -> KL to the reference -> entropy bonus -> auxiliary losses, all
-    times ``spec.coef``. ``mb.old_logprobs`` None means the rollout policy is the current one.
-    """
-    old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
-    mask = mb.loss_mask
-    ctx = step_context(mb, den, entropy=None if entropy is None else entropy.detach(), extras=extras,
-                       global_step=global_step)
-    pg_mat, metrics = POLICY_LOSSES.get(spec.policy_loss)(logprobs, old, mb.advantages, mask, ctx, **spec.policy_params)
-    for name, params in spec.token_overrides:
-        pg_mat, extra = TOKEN_LOSS_OVERRIDES.get(name)(pg_mat, logprobs, old, mb.advantages, mask, ctx, **params)
-        metrics.update(extra)
-    pg_loss = spec.aggregate(pg_mat, mask, den) * scale
-    total = pg_loss
-    metrics["grpo/pg_loss"] = pg_loss.detach()
-    if spec.kl_coef > 0:
-        if mb.ref_logprobs is None:
-            raise ValueError("kl_coef > 0 needs reference log-probs: TRL computes ref_per_token_logps only when beta != 0")
-        kl = kl_estimate(logprobs, mb.ref_logprobs, kind=spec.kl_kind, clamp=spec.kl_clamp)
-        kl_loss = spec.aggregate(kl, mask, den) * scale
-        total = total + spec.kl_coef * kl_loss
-        metrics["grpo/kl_loss"] = kl_loss.detach()
-    if spec.entropy_coef > 0:
-        if entropy is None:
-            raise ValueError("entropy_coef > 0 needs the current policy's entropy")
-        ent_loss = spec.aggregate(entropy, mask, den) * scale
-        total = total - spec.entropy_coef * ent_loss
-        metrics["policy/entropy_bonus"] = ent_loss.detach()
-    for name, params in spec.aux_losses:
-        aux, extra = AUX_LOSSES.get(name)(logprobs, old, mb.advantages, mask, ctx, **params)
-        total = total + aux * scale
-        metrics.update({k: v * scale if is_loss_share(k) else v for k, v in extra.items()})
-    return total * spec.coef, metrics
+    """rlvr-lab's loss of one micro-batch from TRL's (B, T) ``logprobs`` (with grad) and ``entropy``: the
+    native trainer's own composition (:func:`rlvr_lab.train.step.loss_from_logprobs`)."""
+    return loss_from_logprobs(logprobs, entropy, mb, spec, den, scale=scale, extras=extras, global_step=global_step)
 
 
 def rows_of(batches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -96,14 +96,30 @@ def micro_batch_loss(
         temperature=spec.temperature,
         with_entropy=spec.needs_current_entropy,
     )
-    logp = stats.logprobs  # (b, T)
+    return loss_from_logprobs(stats.logprobs, stats.entropy, mb, spec, den, scale=scale, extras=extras,
+                              global_step=global_step)
+
+
+def loss_from_logprobs(
+    logprobs: torch.Tensor, entropy: torch.Tensor | None, mb: Batch, spec: LossSpec, den: Denominators | None,
+    *, scale: float = 1.0, extras: dict[str, Any] | None = None, global_step: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The composed loss of one micro-batch from its current-policy (B, T) ``logprobs`` (with grad) and
+    ``entropy`` (B, T, or None): policy loss -> token overrides -> aggregation with ``den`` -> KL to the
+    reference -> entropy bonus -> auxiliary losses, all times ``spec.coef``.
+
+    Engines that run their own forward pass (the TRL adapter) call this directly. ``mb.old_logprobs``
+    None means the rollout policy is the current one (old = current, detached).
+    """
+    logp = logprobs  # (b, T)
+    old = logp.detach() if mb.old_logprobs is None else mb.old_logprobs
     mask = mb.loss_mask
-    entropy = None if stats.entropy is None else stats.entropy.detach()
-    ctx = step_context(mb, den, entropy=entropy, extras=extras, global_step=global_step)
+    ctx = step_context(mb, den, entropy=None if entropy is None else entropy.detach(), extras=extras,
+                       global_step=global_step)
     loss_fn = POLICY_LOSSES.get(spec.policy_loss)
-    pg_mat, metrics = loss_fn(logp, mb.old_logprobs, mb.advantages, mask, ctx, **spec.policy_params)
+    pg_mat, metrics = loss_fn(logp, old, mb.advantages, mask, ctx, **spec.policy_params)
     for name, params in spec.token_overrides:
-        pg_mat, extra = TOKEN_LOSS_OVERRIDES.get(name)(pg_mat, logp, mb.old_logprobs, mb.advantages, mask, ctx, **params)
+        pg_mat, extra = TOKEN_LOSS_OVERRIDES.get(name)(pg_mat, logp, old, mb.advantages, mask, ctx, **params)
         metrics.update(extra)
     pg_loss = spec.aggregate(pg_mat, mask, den) * scale
     total = pg_loss
@@ -116,12 +132,14 @@ def micro_batch_loss(
         total = total + spec.kl_coef * kl_loss
         metrics["grpo/kl_loss"] = kl_loss.detach()
     if spec.entropy_coef > 0:
-        ent_loss = spec.aggregate(stats.entropy, mask, den) * scale
+        if entropy is None:
+            raise ValueError("entropy_coef > 0 needs the current policy's entropy")
+        ent_loss = spec.aggregate(entropy, mask, den) * scale
         total = total - spec.entropy_coef * ent_loss
         metrics["policy/entropy_bonus"] = ent_loss.detach()
     for name, params in spec.aux_losses:
         # each auxiliary loss owns its normalisation, using the whole-mini-batch counts in ctx
-        aux, extra = AUX_LOSSES.get(name)(logp, mb.old_logprobs, mb.advantages, mask, ctx, **params)
+        aux, extra = AUX_LOSSES.get(name)(logp, old, mb.advantages, mask, ctx, **params)
         total = total + aux * scale
         # its loss metric becomes this micro-batch's share, like grpo/pg_loss, so shares add up
         metrics.update({k: v * scale if is_loss_share(k) else v for k, v in extra.items()})

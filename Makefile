@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 THREADS ?= 2
 
-.PHONY: venv demo test bench clean chromium
+.PHONY: venv demo test test-scale bench clean chromium
 
 venv: $(STAMP)
 
@@ -22,8 +22,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/rlvr train configs/demo.yaml
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium test-scale
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+
+# Scale-out engines (verl; later TRL) live in their own venv because verl pins an older transformers.
+# The constraints file keeps torch at the CPU build while the `scale` extra resolves.
+SCALE_VENV  ?= .venv-scale
+SCALE_PY    := $(SCALE_VENV)/bin/python
+SCALE_STAMP := $(SCALE_VENV)/.installed
+
+$(SCALE_STAMP): pyproject.toml
+	test -x $(SCALE_PY) || $(PYTHON) -m venv $(SCALE_VENV)
+	$(SCALE_PY) -m pip install -q --upgrade pip
+	echo "torch==2.13.0" > $(SCALE_VENV)/constraints.txt
+	$(SCALE_PY) -m pip install -q -c $(SCALE_VENV)/constraints.txt torch==2.13.0
+	$(SCALE_PY) -m pip install -q -c $(SCALE_VENV)/constraints.txt -e ".[dev,scale]"
+	touch $(SCALE_STAMP)
+
+test-scale: $(SCALE_STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(SCALE_PY) -m pytest -q tests/integrations
 
 # Debian's Chromium, for the headless-browser test of the HTML report (tests/test_report_browser.py).
 # Installed only as root with apt-get; anywhere else (or if apt fails) the browser test skips itself.
@@ -41,4 +58,4 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/observatory.py --threads $(THREADS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(SCALE_VENV) runs .pytest_cache

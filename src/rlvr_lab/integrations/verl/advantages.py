@@ -16,7 +16,6 @@ for metrics from an estimator.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -24,9 +23,9 @@ import torch
 from rlvr_lab.integrations.verl.resolve import (
     ESTIMATOR_COMPONENTS,
     EstimatorPlan,
+    cache_key,
     estimator_plan,
     field_of,
-    freeze,
     params_of,
     verl_name,
     warn_once,
@@ -37,15 +36,17 @@ from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS,
 BINARY_OUTCOME_ESTIMATORS = ("passk", "pkpo", "passk_surrogate", "psr", "nsr", "w_reinforce")
 
 
-@lru_cache(maxsize=256)
-def _cached_plan(name: str, frozen: tuple) -> EstimatorPlan:
-    return estimator_plan(name, {comp: dict(params) for comp, params in frozen})
+_PLANS: dict[tuple[str, str], EstimatorPlan] = {}  # resolved once per distinct configuration
 
 
 def plan_for(name: str, config: Any) -> EstimatorPlan:
     """The resolved advantage side of ``adv_estimator=name`` with overrides from ``algorithm.<component>``."""
     overrides = {c: params_of(field_of(config, c)) for c in ESTIMATOR_COMPONENTS}
-    return _cached_plan(name, freeze({k: v for k, v in overrides.items() if v}))
+    overrides = {k: v for k, v in overrides.items() if v}
+    key = (name, cache_key(overrides))
+    if key not in _PLANS:
+        _PLANS[key] = estimator_plan(name, overrides)
+    return _PLANS[key]
 
 
 def group_order(index: Sequence[Any]) -> tuple[torch.Tensor, int]:

@@ -25,6 +25,9 @@ from typing import Any, Optional
 from verl.trainer.config import AlgoConfig
 from verl.workers.config import PolicyLossConfig
 
+# Registers the rlvr_<method> names in this process too, so that the `_target_` line alone is enough
+# where entry-point discovery is off (VERL_USE_EXTERNAL_PLUGINS=none) or absent (verl < 0.9).
+from rlvr_lab.integrations.verl import plugin  # noqa: F401
 from rlvr_lab.integrations.verl.resolve import (
     ESTIMATOR_COMPONENTS,
     LOSS_COMPONENTS,

@@ -24,7 +24,6 @@ matrix before aggregation, as verl's own ``vanilla`` loss does; auxiliary losses
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -34,8 +33,8 @@ from rlvr_lab.integrations.verl.resolve import (
     LOSS_COMPONENTS,
     VERL_KL_TYPES,
     LossPlan,
+    cache_key,
     field_of,
-    freeze,
     loss_plan,
     params_of,
     verl_name,
@@ -58,19 +57,16 @@ def overrides_from(policy_loss_cfg: Any) -> tuple[dict[str, dict[str, Any]], str
     return {k: v for k, v in overrides.items() if v}, field_of(policy_loss_cfg, "aggregation")
 
 
-def freeze(overrides: Mapping[str, Mapping[str, Any]]) -> tuple:
-    return tuple(sorted((name, tuple(sorted(params.items()))) for name, params in overrides.items()))
-
-
-@lru_cache(maxsize=256)
-def _cached_plan(name: str, frozen: tuple, aggregation: str | None) -> LossPlan:
-    return loss_plan(name, {comp: dict(params) for comp, params in frozen}, aggregation=aggregation)
+_PLANS: dict[tuple[str, str, str | None], LossPlan] = {}  # resolved once per distinct configuration
 
 
 def plan_for(name: str, config: Any) -> LossPlan:
     """The resolved method for ``loss_mode=name`` under verl's actor ``config`` (raises if verl cannot run it)."""
     overrides, aggregation = overrides_from(field_of(config, "policy_loss"))
-    return _cached_plan(name, freeze(overrides), aggregation)
+    key = (name, cache_key(overrides), aggregation)
+    if key not in _PLANS:
+        _PLANS[key] = loss_plan(name, overrides, aggregation=aggregation)
+    return _PLANS[key]
 
 
 def check_actor_config(name: str, plan: LossPlan, config: Any, loss_agg_mode: str) -> None:

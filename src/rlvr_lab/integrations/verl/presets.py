@@ -179,6 +179,8 @@ INPUT_DESCRIPTIONS: dict[str, str] = {
     "valid_searches": "the number of valid search calls per response (LLDS-MA)",
     "mini_batch_preserving_count": "LLDS norm=paper's |Y_pre| over the whole mini-batch, which a per-micro-batch "
                                    "loss call does not see",
+    "global_step": "the RL step number (Clip-Cov with a fixed seed draws its tokens from seed and step; leave "
+                   "seed unset to draw from torch's RNG)",
 }
 
 
@@ -215,6 +217,8 @@ def requirements(algo: AlgorithmConfig) -> Requirements:
                 needs |= {"answer_mask", "valid_searches"}
             if params["norm"] == "paper":
                 needs.add("mini_batch_preserving_count")
+        if comp.name == "clip_cov" and params["seed"] is not None:
+            needs.add("global_step")
         if needs:
             req.loss_inputs.setdefault(comp.name, set()).update(needs)
     for registry, comp in ((ADVANTAGE_ESTIMATORS, algo.advantage),

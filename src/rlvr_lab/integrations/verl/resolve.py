@@ -132,7 +132,8 @@ def _problems(preset: Preset, algo: AlgorithmConfig, side: str) -> list[str]:
 
 
 def _raise(preset: Preset, problems: list[str]) -> None:
-    native = f"`rlvr train configs/{preset.config_file}`" if preset.config_file else "rlvr-lab's native trainer"
+    native = (f"rlvr-lab's native trainer (`rlvr train <run config> --preset configs/{preset.config_file}`)"
+              if preset.config_file else "rlvr-lab's native trainer")
     raise UnsupportedInVerl(
         f"{verl_name(preset.name)} cannot run in an unmodified verl: " + "; ".join(problems)
         + f". Nothing was degraded silently: use {native}, or pick a method that verl can feed "
@@ -258,6 +259,6 @@ def params_of(value: Any) -> dict[str, Any]:
     return {} if value is None else {str(k): v for k, v in value.items()}
 
 
-def freeze(overrides: Mapping[str, Mapping[str, Any]]) -> tuple:
-    """Hashable form of ``overrides`` (for caching resolved plans per distinct configuration)."""
-    return tuple(sorted((name, tuple(sorted(params.items()))) for name, params in overrides.items()))
+def cache_key(overrides: Mapping[str, Mapping[str, Any]]) -> str:
+    """A stable text key of ``overrides`` (values may be unhashable), for caching resolved plans."""
+    return repr(sorted((name, sorted(params.items())) for name, params in overrides.items()))

@@ -1,0 +1,114 @@
+"""The verl adapter's method table and its refusals; no verl needed (runs in the main venv too)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlvr_lab.config import load_config
+from rlvr_lab.integrations.verl.presets import PRESETS, drops_rows
+from rlvr_lab.integrations.verl.resolve import (
+    UnsupportedInVerl,
+    estimator_plan,
+    loss_plan,
+    verl_support,
+)
+from rlvr_lab.objectives import (
+    ADVANTAGE_ESTIMATORS,
+    AUX_LOSSES,
+    POLICY_LOSSES,
+    TOKEN_ADVANTAGE_MODIFIERS,
+    TOKEN_LOSS_OVERRIDES,
+)
+
+torch.set_num_threads(1)
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+# What docs/scale-out.md promises: the methods whose loss (resp. estimator) side verl cannot feed.
+LOSS_FAILS = {"llds_ma", "lp_reg", "hapo", "thr", "nthr", "spear"}
+ESTIMATOR_FAILS = {"lp_reg", "hapo", "thr", "nthr", "spear", "psr", "nsr"}
+
+
+@pytest.mark.parametrize("name", [p.name for p in PRESETS.values() if p.config_file])
+def test_preset_copies_match_the_yaml_presets(name):
+    preset = PRESETS[name]
+    cfg = load_config(CONFIGS / preset.config_file)
+    assert preset.algo == cfg.algorithm
+    assert preset.minibatches == cfg.train.minibatches
+
+
+def test_every_registered_component_has_a_verl_name():
+    algos = [p.algo for p in PRESETS.values()]
+    assert {a.policy_loss.name for a in algos} >= set(POLICY_LOSSES.names())
+    assert {a.advantage.name for a in algos} >= set(ADVANTAGE_ESTIMATORS.names())
+    assert {c.name for a in algos for c in a.token_overrides} >= set(TOKEN_LOSS_OVERRIDES.names())
+    assert {c.name for a in algos for c in a.aux_losses} >= set(AUX_LOSSES.names())
+    assert {c.name for a in algos for c in a.token_modifiers} >= set(TOKEN_ADVANTAGE_MODIFIERS.names())
+
+
+def test_every_sample_filter_is_known_to_the_row_drop_check():
+    # a new component that removes rows must be taught to resolve.drops_rows, or verl would train on
+    # a silently different denominator (the estimator adapter also refuses it at run time)
+    filtered = {n for reg in (ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS) for n in reg.names()
+                if "sample_filter" in reg.entry(n).meta}
+    assert filtered == {"psr", "nsr", "grpo_n"}
+    assert drops_rows("psr", {"subset": True}) and not drops_rows("psr", {"subset": False})
+    assert drops_rows("grpo_n", {"mask_positive": True, "drop_positive_from_denominator": True})
+
+
+def test_support_table():
+    support = verl_support()
+    assert {n for n, (loss, _) in support.items() if loss} == LOSS_FAILS
+    assert {n for n, (_, est) in support.items() if est} == ESTIMATOR_FAILS
+
+
+@pytest.mark.parametrize("name, words", [
+    ("lp_reg", "min-p proxy log-prob"),
+    ("hapo", "per-token entropy"),
+    ("thr", "token hidden reward"),
+    ("nthr", "token hidden reward"),
+    ("llds_ma", "answer span"),
+    ("spear", "replay buffer"),
+])
+def test_unsupported_loss_names_what_is_missing(name, words):
+    with pytest.raises(UnsupportedInVerl, match=words):
+        loss_plan(f"rlvr_{name}")
+
+
+def test_parameters_decide_support():
+    with pytest.raises(UnsupportedInVerl, match="removes responses"):
+        estimator_plan("rlvr_psr")
+    assert estimator_plan("rlvr_psr", {"psr": {"subset": False}}).advantage_params["subset"] is False
+    with pytest.raises(UnsupportedInVerl, match="whole mini-batch"):
+        loss_plan("rlvr_llds", {"llds": {"norm": "paper"}})
+    with pytest.raises(UnsupportedInVerl, match="RL step number"):
+        loss_plan("rlvr_clip_cov", {"clip_cov": {"seed": 1}})
+    assert loss_plan("rlvr_llds", {"llds": {"lam": 0.1}}).aux_losses == (
+        ("llds", {"lam": 0.1, "gate": "action", "norm": "code", "preserve": "adv>=0", "mask_answer": False}),)
+
+
+def test_bad_overrides_fail_with_the_key():
+    with pytest.raises(ValueError, match="unknown parameter 'lamb' for 'llds'"):
+        loss_plan("rlvr_llds", {"llds": {"lamb": 0.1}})
+    with pytest.raises(ValueError, match="policy_loss.llds: rlvr_grpo has no 'llds' component"):
+        loss_plan("rlvr_grpo", {"llds": {"lam": 0.1}})
+    with pytest.raises(ValueError, match="not an rlvr-lab method; valid: rlvr_grpo"):
+        loss_plan("rlvr_nope")
+
+
+def test_aggregation_follows_the_preset_unless_overridden():
+    assert loss_plan("rlvr_dr_grpo").aggregation == "seq-mean-token-sum-norm"
+    assert loss_plan("rlvr_grpo", aggregation="seq-mean-token-mean").aggregation == "seq-mean-token-mean"
+    with pytest.raises(ValueError, match="always aggregates with 'seq-mean-token-mean'"):
+        loss_plan("rlvr_gspo", aggregation="token-mean")
+
+
+def test_presets_do_not_import_an_engine():
+    code = ("import sys, rlvr_lab.integrations.verl.resolve; "
+            "print(sorted(m for m in ('verl', 'ray', 'trl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

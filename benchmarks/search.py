@@ -2,7 +2,7 @@
 
 1. Retrieval alone, on the synthetic knowledge base's corpus: BM25 (``bm25s``) queries per second,
    one query per call and batched, and the same queries through the HTTP client against a retrieval
-   server on loopback (Search-R1's /retrieve shape).
+   server on loopback (Search-R1's /retrieve shape) running in its own process, as a real service would.
 2. Rollouts: the tiny model is warm-started briefly on search demonstrations (so that it issues
    searches), then multi-turn rollouts are timed with each retriever. Printed per retriever: rollout
    wall time, summed tool-call time, their ratio (the tool's share; calls run on worker threads,
@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,6 +38,15 @@ def retrieval_rate(retriever, queries: list[str], k: int, batch: int) -> float:
     return len(queries) / (time.perf_counter() - t0)
 
 
+def serve(corpus: Path, cache_dir: str, port, ready) -> None:
+    """The retrieval service, in a child process: BM25 over ``corpus`` behind /retrieve."""
+    torch.set_num_threads(1)
+    server = make_retrieval_server(BM25Retriever(corpus, cache_dir=cache_dir), port=0)
+    port.value = server.server_address[1]
+    ready.set()
+    server.serve_forever()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -57,12 +66,15 @@ def main() -> None:
         corpus = write_corpus(kb, Path(tmp) / "corpus.jsonl")
         queries = [q["question"] for q in kb.questions][: args.queries]
         bm25 = BM25Retriever(corpus, cache_dir=tmp)
-        server = make_retrieval_server(bm25, port=0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        http = HttpRetriever(url)
+        ctx = multiprocessing.get_context("spawn")
+        port, ready = ctx.Value("i", 0), ctx.Event()
+        service = ctx.Process(target=serve, args=(corpus, tmp, port, ready), daemon=True)
+        service.start()
+        ready.wait(60)
+        http = HttpRetriever(f"http://127.0.0.1:{port.value}")
         try:
-            print(f"retrieval on {len(kb.passages)} passages, {len(queries)} queries, top-3")
+            print(f"retrieval on {len(kb.passages)} passages, {len(queries)} queries, top-3 "
+                  "(http: the client here, the service in another process)")
             for name, retriever in (("bm25", bm25), ("http (loopback)", http)):
                 one = retrieval_rate(retriever, queries, 3, 1)
                 many = retrieval_rate(retriever, queries, 3, 64)
@@ -93,8 +105,8 @@ def main() -> None:
                 print(f"  {name:<16} rollout {wall:6.2f}s | tool calls {tool:6.3f}s = {100 * tool / wall:5.1f}% of "
                       f"rollout time | {searches / wall:7.1f} searches/s | rows that searched {searched / rows:.2f}")
         finally:
-            server.shutdown()
-            server.server_close()
+            service.terminate()
+            service.join()
 
 
 if __name__ == "__main__":

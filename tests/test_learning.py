@@ -58,3 +58,21 @@ def test_grpo_raises_reward_within_budget(tmp_path, monkeypatch, preset):
     start, end = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert start < 0.35, rewards
     assert end > start + 0.25 and end > 2 * start, rewards
+
+
+def test_tiny_model_learns_to_search_and_answer(tmp_path):
+    """configs/search_tiny.yaml at a reduced RL budget: after the warm-start on demonstration
+    trajectories, GRPO on multi-turn search rollouts raises the share of responses that search and
+    answer correctly (the reward is exact match, and the answer is only in the retrieved passage)."""
+    cfg = load_config(CONFIGS / "search_tiny.yaml", overrides=[
+        f"run.output_dir={tmp_path}", "run.threads=2", "eval.enabled=false", "train.steps=14",
+        "train.prompts_per_step=128", "observe.report=false", "observe.tensorboard=false",
+    ])
+    summary = Trainer(cfg).run()
+    rl = [json.loads(x) for x in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rl if r["stage"] == "rl"]
+    # every response here searches (the protocol is learnt in the warm-start), so reward = searched and correct
+    assert all(r["search/frac_searched"] > 0.9 for r in rl), [r["search/frac_searched"] for r in rl]
+    rewards = [r["reward/mean"] for r in rl]
+    start, end = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert end > start + 0.04 and max(rewards[-4:]) > max(rewards[:4]), rewards

@@ -70,3 +70,26 @@ def test_one_grpo_step_on_smollm2(tmp_path, monkeypatch):
     params = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], params[n].detach()) for n in before)
     assert (Path(summary["final_checkpoint"]) / "model.safetensors").exists()
+
+
+def test_search_preset_on_smollm2_with_a_user_corpus(tmp_path):
+    """configs/search_corpus.yaml as a user would run it: SmolLM2, a JSONL corpus, JSONL questions."""
+    from rlvr_lab.envs.synthetic_kb import generate_kb, write_corpus
+
+    kb = generate_kb(seed=3, n_people=10, n_cities=10, n_companies=4)
+    corpus = write_corpus(kb, tmp_path / "corpus.jsonl")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q["question"], "golden_answers": q["answers"]}) + "\n"
+                                 for q in kb.questions[:12]))
+    cfg = load_config(CONFIGS / "search_corpus.yaml", overrides=[
+        f"run.output_dir={tmp_path}", "run.threads=2", f"search.corpus={corpus}", f"task.train_path={questions}",
+        "task.eval_size=4", "eval.enabled=false", "search.max_turns=1", "search.top_k=1", "search.max_obs_tokens=64",
+        "rollout.max_new_tokens=24", "train.steps=1", "train.prompts_per_step=2", "train.group_size=2",
+        "train.micro_batch_size=2", "observe.probe_prompts=0", "observe.report=false",
+    ])
+    summary = Trainer(cfg).run()
+    assert summary["status"] == "completed"
+    (rec,) = [r for r in (json.loads(x) for x in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines())
+              if r["stage"] == "rl"]
+    assert 1 <= rec["search/turns_mean"] <= 2 and 0 < rec["state_tokens/coverage"] <= 1
+    assert math.isfinite(rec["policy/entropy"]) and rec["policy/optimizer_steps"] == 2

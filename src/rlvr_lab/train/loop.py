@@ -224,7 +224,7 @@ class Trainer:
             examples = self.eval_task.examples(min(obs.probe_prompts, len(self.eval_task)))
             prompt_ids = self.engine.encode([self.env.render(ex) for ex in examples])
             S = obs.probe_samples
-            gen = self.engine.generate([p for p in prompt_ids for _ in range(S)], self.sampling_params(), seed=PROBE_SEED)
+            gen = self.env.generate(self.engine, [p for p in prompt_ids for _ in range(S)], self.sampling_params(), seed=PROBE_SEED)
             scores = self.env.score(gen.texts, [ex for ex in examples for _ in range(S)])
             probes = ProbeSet.from_rows(
                 gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, gen.sampled_mask,

@@ -339,3 +339,24 @@ def test_sample_categorical_matches_the_distribution_and_skips_zero_mass():
     assert torch.allclose(freq, probs[0], atol=0.015)
     again = sample_categorical(probs, torch.Generator().manual_seed(0))
     assert torch.equal(draws, again)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_prompts_are_prefilled_once_with_the_same_result(sharp_model, tokenizer, prompts, backend):
+    engine = RolloutEngine(sharp_model, tokenizer, backend=backend)
+    repeated = [prompts[i] for i in (0, 1, 0, 2, 1, 0)]
+    calls = []
+    prefill = engine.decoder.prefill
+    engine.decoder.prefill = lambda ids, mask, cache: (calls.append(ids.shape[0]), prefill(ids, mask, cache))[1]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    gen = engine.generate(repeated, params, seed=0)
+    assert calls == [3]  # three distinct prompts
+    # each row equals the same prompt generated on its own (greedy)
+    for i, p in enumerate(repeated):
+        alone = engine.generate([p], params, seed=0)
+        width = int(alone.response_mask.sum())
+        assert gen.response_ids[i, :width].tolist() == alone.response_ids[0, :width].tolist()
+        assert torch.allclose(gen.sampler_logprobs[i, :width], alone.sampler_logprobs[0, :width], atol=1e-4)
+    # sampled rows of one prompt still differ from each other
+    sampled = engine.generate([prompts[0]] * 6, SamplingParams(temperature=1.0, max_new_tokens=12), seed=1)
+    assert len({tuple(r) for r in sampled.response_ids.tolist()}) > 1

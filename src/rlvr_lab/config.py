@@ -339,6 +339,18 @@ class TrainConfig(_Strict):
     )
     epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    shuffle: Literal["rows", "groups"] = Field(
+        "rows",
+        description="How mini-batches are drawn: 'rows' uniformly from all responses; 'groups' whole groups "
+        "in random order (a mini-batch holds the G responses of P/minibatches prompts, as in verl's split), "
+        "which lets share_prompts run each prompt once per mini-batch.",
+    )
+    share_prompts: bool = Field(
+        True,
+        description="Run each distinct prompt of a micro-batch once and the responses on top of its keys and "
+        "values (same log-probs and gradients as the full pass up to float rounding, much cheaper when a "
+        "group repeats a long prompt).",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="Save every N RL steps (0: only at the end).")

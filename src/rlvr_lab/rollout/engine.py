@@ -161,6 +161,31 @@ class RolloutEngine:
             mask[i, lp - len(p) :] = True
         return ids.to(self.device), mask.to(self.device)
 
+    def prefill(self, prompts: Sequence[Sequence[int]], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                max_len: int) -> tuple[torch.Tensor, KVCache | _HFCache]:
+        """Next-token logits (B, V) and a cache of B rows for the left-padded prompts.
+
+        A prompt repeated in the batch (a GRPO group asks for G responses to one prompt) is encoded
+        once; its cache rows and logits are then copied to every row that repeats it.
+        """
+        first: dict[tuple[int, ...], int] = {}  # distinct prompt -> its index among the distinct ones
+        firsts: list[int] = []  # first row of each distinct prompt
+        inverse = []
+        for row, p in enumerate(prompts):
+            u = first.setdefault(tuple(p), len(first))
+            if u == len(firsts):
+                firsts.append(row)
+            inverse.append(u)
+        if len(first) == len(prompts):
+            cache = self.decoder.new_cache(len(prompts), max_len)
+            return self.decoder.prefill(prompt_ids, prompt_mask, cache), cache
+        rows = torch.tensor(firsts, device=self.device)  # (U,)
+        cache = self.decoder.new_cache(len(first), max_len)
+        logits = self.decoder.prefill(prompt_ids[rows], prompt_mask[rows], cache)  # (U, V)
+        index = torch.tensor(inverse, device=self.device)  # (B,) distinct prompt of each row
+        cache.select(index)
+        return logits.index_select(0, index), cache
+
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,
         temperature_fn: TemperatureFn | None = None, on_finish: FinishFn | None = None,
@@ -190,8 +215,7 @@ class RolloutEngine:
         out_valid = torch.zeros(B, T, dtype=torch.bool, device=self.device)
         truncated = torch.ones(B, dtype=torch.bool, device=self.device)
 
-        cache: KVCache | _HFCache = self.decoder.new_cache(B, Lp + T)
-        logits = self.decoder.prefill(prompt_ids, prompt_mask, cache)
+        logits, cache = self.prefill(prompts, prompt_ids, prompt_mask, Lp + T)
         rows = torch.arange(B, device=self.device)  # original row of each cache row
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         positions = prompt_mask.sum(-1)  # (B,) next position of each row

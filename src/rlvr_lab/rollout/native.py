@@ -49,7 +49,7 @@ class KVCache:
         self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, L_max)
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (drop finished sequences so later steps do less work)."""
+        """Keep ``rows`` (drop finished sequences so later steps do less work; a repeated row is copied)."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
         self.key_valid = self.key_valid.index_select(0, rows)

@@ -90,8 +90,43 @@ def token_stats_from_hidden(
     )
 
 
-def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
+def _cache_kwarg(body) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` in 5.x; the name this version takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def _decoder(model):
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def unique_prompts(input_ids: torch.Tensor, response_start: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first_rows (U,), inverse (B,))`` of the distinct prompts in a batch, or None when all differ.
+
+    Rows with the same left-padded prompt columns share a prompt (a GRPO group repeats its prompt G
+    times); ``inverse[b]`` is the index of row ``b``'s prompt among the U distinct ones.
+    """
+    _, inverse = torch.unique(input_ids[:, :response_start], dim=0, return_inverse=True)  # (B,)
+    n_unique = int(inverse.max()) + 1 if inverse.numel() else 0
+    if n_unique == input_ids.shape[0]:
+        return None
+    first = torch.full((n_unique,), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(input_ids.shape[0], device=input_ids.device), reduce="amin")
+    return first, inverse
+
+
+def response_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, *, share_prompts: bool = False,
+) -> torch.Tensor:
     """Final hidden states that predict the response tokens ``input_ids[:, response_start:]``.
+
+    With ``share_prompts`` each distinct prompt of the batch is run once: its keys and values are
+    computed on the distinct prompts, gathered to every row that repeats it, and the responses are
+    run on top of them. The result (and, under autograd, the gradient, which flows back through the
+    gather into the shared prompt pass) equals the plain full-sequence pass up to float rounding, at a
+    fraction of the cost when a group repeats one long prompt G times. Batches without repeated
+    prompts take the plain pass.
 
     Args:
         input_ids: (B, Lp + T) left-padded prompt then right-padded response.
@@ -99,10 +134,25 @@ def response_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     Returns:
         (B, T, d): row ``t`` is the state before response token ``t`` (the LM head's input).
     """
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    out = body(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=positions, use_cache=False)
-    return out.last_hidden_state[:, response_start - 1 : -1]
+    body = _decoder(model)
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, Lp + T)
+    shared = unique_prompts(input_ids, response_start) if share_prompts and input_ids.shape[1] > response_start else None
+    if shared is None:
+        out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, response_start - 1 : -1]
+    first, inverse = shared
+    name = _cache_kwarg(body)
+    prompt = body(input_ids=input_ids[first, :response_start], attention_mask=mask[first, :response_start],
+                  position_ids=positions[first, :response_start], use_cache=True)  # U rows
+    cache = getattr(prompt, "cache", None)
+    if cache is None:
+        cache = prompt.past_key_values
+    cache.batch_select_indices(inverse)  # (U, ...) -> (B, ...) keys and values, differentiable gather
+    out = body(input_ids=input_ids[:, response_start:], attention_mask=mask, position_ids=positions[:, response_start:],
+               use_cache=True, **{name: cache})
+    last_prompt = prompt.last_hidden_state[:, -1:].index_select(0, inverse)  # (B, 1, d) predicts token 0
+    return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
 
 
 def sequence_token_stats(
@@ -116,6 +166,7 @@ def sequence_token_stats(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     chunk_fns: Mapping[str, ChunkFn] | None = None,
     with_hidden: bool = False,
+    share_prompts: bool = False,
 ) -> TokenStats:
     """Stats of the response tokens ``input_ids[:, response_start:]`` given everything before them.
 
@@ -124,10 +175,11 @@ def sequence_token_stats(
         attention_mask: (B, Lp + T) bool.
         chunk_fns: see :func:`token_stats_from_hidden` (no-grad passes only).
         with_hidden: also return the detached (B, T, d) final hidden states (THR/NTHR scores).
+        share_prompts: run each distinct prompt once (see :func:`response_hidden`).
     Returns:
         :class:`TokenStats` with (B, T) tensors aligned with the response tokens.
     """
-    hidden = response_hidden(model, input_ids, attention_mask, response_start)  # (B, T, d)
+    hidden = response_hidden(model, input_ids, attention_mask, response_start, share_prompts=share_prompts)  # (B, T, d)
     stats = token_stats_from_hidden(
         hidden, model.get_output_embeddings(), input_ids[:, response_start:],
         temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens, chunk_fns=chunk_fns,

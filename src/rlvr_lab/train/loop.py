@@ -89,6 +89,7 @@ def loss_spec(cfg: Config) -> LossSpec:
         temperature=cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0,
         token_overrides=tuple((c.name, dict(c.params)) for c in algo.token_overrides),
         aux_losses=tuple((c.name, dict(c.params)) for c in algo.aux_losses),
+        share_prompts=cfg.train.share_prompts,
     )
 
 
@@ -356,6 +357,7 @@ class Trainer:
         old = score_tokens(
             self.model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=True,
             chunk_fns=self.methods.chunk_fns(temperature), with_hidden=self.methods.needs_hidden,
+            share_prompts=self.spec.share_prompts,
         )
         batch.old_logprobs = old.logprobs
         batch.extras["old_entropy"] = old.entropy
@@ -365,7 +367,8 @@ class Trainer:
         self.methods.after_old_pass(batch)
         if self.ref_model is not None:
             batch.ref_logprobs = score_tokens(
-                self.ref_model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=False
+                self.ref_model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=False,
+                share_prompts=self.spec.share_prompts,
             ).logprobs
         return batch
 
@@ -377,7 +380,7 @@ class Trainer:
             self.model, optimizer, scheduler, batch, self.spec, minibatches=tcfg.minibatches, epochs=tcfg.epochs,
             micro_batch_size=tcfg.micro_batch_size, max_grad_norm=tcfg.optim.max_grad_norm,
             generator=self.generator, context=self.methods.context(step - 1), global_step=step - 1,
-            grad_groups=self.observer.grad_groups,
+            grad_groups=self.observer.grad_groups, shuffle=tcfg.shuffle,
         ))
         if spear:
             record.update(self.replay(step, optimizer))
@@ -403,6 +406,7 @@ class Trainer:
         return score_tokens(
             self.model, batch, temperature=self.spec.temperature,
             micro_batch_size=self.cfg.train.micro_batch_size, with_entropy=False,
+            share_prompts=self.spec.share_prompts,
         ).logprobs
 
     def watch_phase(self, step: int, record: dict[str, Any]) -> bool:

@@ -56,6 +56,8 @@ class LossSpec:
     token_overrides: tuple[tuple[str, dict], ...] = ()  # (name, params), applied in order
     aux_losses: tuple[tuple[str, dict], ...] = ()  # (name, params), each adds its own scalar
     coef: float = 1.0  # weight of the whole loss (SPEAR replay coefficient); logged losses stay unweighted
+    # not maths but how it is computed: run each distinct prompt of a micro-batch once (same result)
+    share_prompts: bool = True
 
     @property
     def needs_current_entropy(self) -> bool:
@@ -95,6 +97,7 @@ def micro_batch_loss(
         mb.response_start,
         temperature=spec.temperature,
         with_entropy=spec.needs_current_entropy,
+        share_prompts=spec.share_prompts,
     )
     return loss_from_logprobs(stats.logprobs, stats.entropy, mb, spec, den, scale=scale, extras=extras,
                               global_step=global_step)
@@ -242,7 +245,7 @@ def minibatch_update(
 @torch.no_grad()
 def score_tokens(
     model, batch: Batch, *, temperature: float, micro_batch_size: int, with_entropy: bool,
-    chunk_fns: Mapping[str, ChunkFn] | None = None, with_hidden: bool = False,
+    chunk_fns: Mapping[str, ChunkFn] | None = None, with_hidden: bool = False, share_prompts: bool = True,
 ) -> TokenStats:
     """Stats of the batch's response tokens without gradient, micro-batch by micro-batch.
 
@@ -258,6 +261,7 @@ def score_tokens(
         parts.append(sequence_token_stats(
             model, mb.input_ids, mb.attention_mask, mb.response_start,
             temperature=temperature, with_entropy=with_entropy, chunk_fns=chunk_fns, with_hidden=with_hidden,
+            share_prompts=share_prompts,
         ))
     model.train(was_training)
     return TokenStats(
@@ -272,8 +276,14 @@ def policy_update(
     model, optimizer, scheduler, batch: Batch, spec: LossSpec, *, minibatches: int, epochs: int,
     micro_batch_size: int, max_grad_norm: float | None, generator: torch.Generator,
     context: ContextFn | None = None, global_step: int = 0, grad_groups: GradGroups | None = None,
+    shuffle: str = "rows",
 ) -> dict[str, float]:
     """All optimiser steps for one rollout batch: ``epochs`` passes of ``minibatches`` shuffled mini-batches.
+
+    ``shuffle="rows"`` draws each mini-batch from all rows; ``"groups"`` shuffles whole groups
+    (``batch.group_ids``) and cuts the shuffled rows into contiguous mini-batches, so a mini-batch
+    holds the G responses of few prompts (verl's unshuffled split is group-aligned the same way) and
+    the prompt-shared forward runs each prompt once for the whole group.
 
     After the first optimiser step the policy differs from ``old_logprobs``: that is what makes
     the ratio, the clip and the off-policy methods meaningful.
@@ -289,7 +299,7 @@ def policy_update(
     model.train()
     per_step: list[dict[str, float]] = []
     for _ in range(epochs):
-        order = torch.randperm(len(batch), generator=generator)
+        order = shuffled_rows(batch.group_ids, generator, by_group=shuffle == "groups")
         for m in range(minibatches):
             mini = batch.select(order[m * size : (m + 1) * size])
             per_step.append(
@@ -306,6 +316,18 @@ def policy_update(
     out["policy/skipped_steps"] = sum(s.get("policy/skipped_steps", 0.0) for s in per_step)
     out["policy/dropped_rows"] = float(len(batch) - size * minibatches)
     return out
+
+
+def shuffled_rows(group_ids: torch.Tensor, generator: torch.Generator, *, by_group: bool) -> torch.Tensor:
+    """A random order of the rows (B,): uniform over rows, or whole groups in random order with each
+    group's rows kept together."""
+    if not by_group:
+        return torch.randperm(len(group_ids), generator=generator)
+    groups, inverse = torch.unique(group_ids.cpu(), return_inverse=True)
+    rank = torch.empty(len(groups), dtype=torch.long)
+    rank[torch.randperm(len(groups), generator=generator)] = torch.arange(len(groups))
+    # stable sort by the group's random rank: rows of one group stay adjacent, in their original order
+    return torch.sort(rank[inverse], stable=True).indices
 
 
 def token_summary(batch: Batch, entropy: torch.Tensor | None) -> dict[str, float]:

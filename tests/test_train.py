@@ -165,17 +165,17 @@ def test_shared_prompt_pass_equals_full_pass_with_gradients(tok, with_entropy):
     assert g_shared["model.layers.0.self_attn.k_proj.weight"].abs().sum() > 0
 
 
-def test_unique_prompts_finds_first_rows_and_inverse(tok):
-    from rlvr_lab.train.logprobs import unique_prompts
+def test_distinct_rows_finds_first_rows_and_inverse(tok):
+    from rlvr_lab.rollout.engine import distinct_rows
 
     batch = shared_prompt_batch(tok)
-    first, inverse = unique_prompts(batch.input_ids, batch.response_start)
+    first, inverse = distinct_rows(batch.input_ids[:, : batch.response_start])
     assert len(first) == 3
     lp = batch.response_start
     assert torch.equal(batch.input_ids[first[inverse], :lp], batch.input_ids[:, :lp])
     assert sorted(first.tolist()) == [0, 2, 3]  # the first row of each distinct prompt
     distinct = supervised_batch([[5], [6]], [[7], [8]], pad_id=0)
-    assert unique_prompts(distinct.input_ids, distinct.response_start) is None
+    assert distinct_rows(distinct.input_ids[:, : distinct.response_start]) is None
 
 
 def test_group_shuffle_keeps_groups_together_and_covers_every_row():

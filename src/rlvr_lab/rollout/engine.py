@@ -39,16 +39,35 @@ class _HFCache:
         self.key_valid = self.key_valid.index_select(0, rows)
 
 
+def cache_kwarg(module) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` in 5.x; the name ``module.forward`` takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first (U,), inverse (B,))`` of the distinct rows of ``x`` (B, L), or None when all differ.
+
+    ``first[u]`` is the first row holding distinct row ``u`` and ``x[first[inverse]] == x``. Applied to
+    left-padded prompts, it finds the prompt a GRPO group repeats G times.
+    """
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)  # (B,)
+    B = x.shape[0]
+    n_distinct = int(inverse.max()) + 1 if B else 0
+    if n_distinct == B:
+        return None
+    first = torch.full((n_distinct,), B, dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(B, device=x.device), reduce="amin")
+    return first, inverse
+
+
 class HFDecoder:
     """Any causal LM through its own ``forward`` with a KV cache (slower, fully general)."""
 
     def __init__(self, model):
-        import inspect
-
         self.model = model
-        # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = cache_kwarg(model)
 
     def new_cache(self, batch: int, max_len: int) -> _HFCache:
         return _HFCache(batch, max_len, self.model.device)
@@ -161,30 +180,22 @@ class RolloutEngine:
             mask[i, lp - len(p) :] = True
         return ids.to(self.device), mask.to(self.device)
 
-    def prefill(self, prompts: Sequence[Sequence[int]], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                 max_len: int) -> tuple[torch.Tensor, KVCache | _HFCache]:
         """Next-token logits (B, V) and a cache of B rows for the left-padded prompts.
 
         A prompt repeated in the batch (a GRPO group asks for G responses to one prompt) is encoded
         once; its cache rows and logits are then copied to every row that repeats it.
         """
-        first: dict[tuple[int, ...], int] = {}  # distinct prompt -> its index among the distinct ones
-        firsts: list[int] = []  # first row of each distinct prompt
-        inverse = []
-        for row, p in enumerate(prompts):
-            u = first.setdefault(tuple(p), len(first))
-            if u == len(firsts):
-                firsts.append(row)
-            inverse.append(u)
-        if len(first) == len(prompts):
-            cache = self.decoder.new_cache(len(prompts), max_len)
+        shared = distinct_rows(prompt_ids)
+        if shared is None:
+            cache = self.decoder.new_cache(prompt_ids.shape[0], max_len)
             return self.decoder.prefill(prompt_ids, prompt_mask, cache), cache
-        rows = torch.tensor(firsts, device=self.device)  # (U,)
+        first, inverse = shared
         cache = self.decoder.new_cache(len(first), max_len)
-        logits = self.decoder.prefill(prompt_ids[rows], prompt_mask[rows], cache)  # (U, V)
-        index = torch.tensor(inverse, device=self.device)  # (B,) distinct prompt of each row
-        cache.select(index)
-        return logits.index_select(0, index), cache
+        logits = self.decoder.prefill(prompt_ids[first], prompt_mask[first], cache)  # (U, V)
+        cache.select(inverse)
+        return logits.index_select(0, inverse), cache
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,
@@ -215,7 +226,7 @@ class RolloutEngine:
         out_valid = torch.zeros(B, T, dtype=torch.bool, device=self.device)
         truncated = torch.ones(B, dtype=torch.bool, device=self.device)
 
-        logits, cache = self.prefill(prompts, prompt_ids, prompt_mask, Lp + T)
+        logits, cache = self.prefill(prompt_ids, prompt_mask, Lp + T)
         rows = torch.arange(B, device=self.device)  # original row of each cache row
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         positions = prompt_mask.sum(-1)  # (B,) next position of each row

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rlvr_lab.rollout.engine import cache_kwarg, distinct_rows
+
 DEFAULT_CHUNK_TOKENS = 1024
 
 # fn(raw logits (N, V) of one chunk, not divided by the temperature, targets (N,) long) -> (N,)
@@ -90,32 +92,6 @@ def token_stats_from_hidden(
     )
 
 
-def _cache_kwarg(body) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` in 5.x; the name this version takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-
-
-def _decoder(model):
-    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
-
-
-def unique_prompts(input_ids: torch.Tensor, response_start: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(first_rows (U,), inverse (B,))`` of the distinct prompts in a batch, or None when all differ.
-
-    Rows with the same left-padded prompt columns share a prompt (a GRPO group repeats its prompt G
-    times); ``inverse[b]`` is the index of row ``b``'s prompt among the U distinct ones.
-    """
-    _, inverse = torch.unique(input_ids[:, :response_start], dim=0, return_inverse=True)  # (B,)
-    n_unique = int(inverse.max()) + 1 if inverse.numel() else 0
-    if n_unique == input_ids.shape[0]:
-        return None
-    first = torch.full((n_unique,), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-    first.scatter_reduce_(0, inverse, torch.arange(input_ids.shape[0], device=input_ids.device), reduce="amin")
-    return first, inverse
-
-
 def response_hidden(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, *, share_prompts: bool = False,
 ) -> torch.Tensor:
@@ -134,15 +110,15 @@ def response_hidden(
     Returns:
         (B, T, d): row ``t`` is the state before response token ``t`` (the LM head's input).
     """
-    body = _decoder(model)
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, Lp + T)
-    shared = unique_prompts(input_ids, response_start) if share_prompts and input_ids.shape[1] > response_start else None
+    shared = distinct_rows(input_ids[:, :response_start]) if share_prompts and input_ids.shape[1] > response_start else None
     if shared is None:
         out = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, response_start - 1 : -1]
     first, inverse = shared
-    name = _cache_kwarg(body)
+    name = cache_kwarg(body)
     prompt = body(input_ids=input_ids[first, :response_start], attention_mask=mask[first, :response_start],
                   position_ids=positions[first, :response_start], use_cache=True)  # U rows
     cache = getattr(prompt, "cache", None)

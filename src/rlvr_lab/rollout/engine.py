@@ -140,6 +140,37 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+# A prefill call costs about as much as this many padding tokens (per-call overhead, smaller matmuls).
+GROUP_CALL_TOKENS = 64
+
+
+def length_groups(lengths: Sequence[int], width: int,
+                  call_tokens: int = GROUP_CALL_TOKENS) -> list[tuple[torch.Tensor, int]]:
+    """Split prompts into groups of similar length for prefill: ``[(rows, start), ...]``.
+
+    ``lengths`` are the real token counts of left-padded prompts of ``width`` columns; each group is
+    encoded from column ``start = width - (its longest prompt)``. The split of the prompts sorted by
+    length minimises the encoded tokens (rows x group width) plus ``call_tokens`` per group (exact
+    dynamic programme, O(n^2) for n prompts).
+    """
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    sorted_len = [lengths[i] for i in order]
+    # best[j]: least cost of the first j sorted prompts; cut[j]: where the last group starts
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * sorted_len[i] + call_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        i = cut[j]
+        groups.append((torch.tensor(order[i:j], dtype=torch.long), width - sorted_len[i]))
+        j = i
+    return groups[::-1]
+
+
 class RolloutEngine:
     """Batched sampling with a KV cache for one model and tokenizer.
 
@@ -185,17 +216,39 @@ class RolloutEngine:
         """Next-token logits (B, V) and a cache of B rows for the left-padded prompts.
 
         A prompt repeated in the batch (a GRPO group asks for G responses to one prompt) is encoded
-        once; its cache rows and logits are then copied to every row that repeats it.
+        once; its cache rows and logits are then copied to every row that repeats it. With the native
+        decoder, prompts of very different lengths are encoded in groups of similar length
+        (:func:`length_groups`), so that short prompts do not pay for the longest one's padding.
         """
         shared = distinct_rows(prompt_ids)
-        if shared is None:
-            cache = self.decoder.new_cache(prompt_ids.shape[0], max_len)
-            return self.decoder.prefill(prompt_ids, prompt_mask, cache), cache
-        first, inverse = shared
-        cache = self.decoder.new_cache(len(first), max_len)
-        logits = self.decoder.prefill(prompt_ids[first], prompt_mask[first], cache)  # (U, V)
-        cache.select(inverse)
-        return logits.index_select(0, inverse), cache
+        first, inverse = shared if shared is not None else (None, None)
+        if first is not None:
+            prompt_ids, prompt_mask = prompt_ids[first], prompt_mask[first]
+        n, width = prompt_ids.shape
+        cache = self.decoder.new_cache(n, max_len)
+        groups = (length_groups(prompt_mask.sum(-1).tolist(), width, GROUP_CALL_TOKENS)
+                  if self.backend == "native" else None)
+        if groups is None or len(groups) == 1:
+            logits = self.decoder.prefill(prompt_ids, prompt_mask, cache)
+            order = None
+        else:
+            order = torch.cat([rows for rows, _ in groups]).to(prompt_ids.device)
+            logits, r0 = [], 0
+            for rows, start in groups:
+                rows = rows.to(prompt_ids.device)
+                cache_rows = slice(r0, r0 + len(rows))
+                logits.append(self.decoder.prefill(
+                    prompt_ids[rows, start:], prompt_mask[rows, start:], cache, cache_rows, start))
+                r0 += len(rows)
+            logits = torch.cat(logits)
+        # cache row j holds prompt order[j] (or j); pick, for every output row, the cache row of its prompt
+        target = None if order is None else torch.argsort(order)
+        if inverse is not None:
+            target = inverse if target is None else target[inverse]
+        if target is None:
+            return logits, cache
+        cache.select(target)
+        return logits.index_select(0, target), cache
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,

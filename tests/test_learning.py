@@ -67,6 +67,8 @@ def test_tiny_model_learns_to_search_and_answer(tmp_path):
     cfg = load_config(CONFIGS / "search_tiny.yaml", overrides=[
         f"run.output_dir={tmp_path}", "run.threads=2", "eval.enabled=false", "train.steps=14",
         "train.prompts_per_step=128", "observe.report=false", "observe.tensorboard=false",
+        # the sampler's log-probs as the old ones: no old-policy pass, a quarter of each step saved
+        "train.old_logprobs=sampler",
     ])
     summary = Trainer(cfg).run()
     rl = [json.loads(x) for x in Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]

@@ -132,6 +132,39 @@ def test_sampler_logprobs_match_sequence_token_stats(model, tokenizer, prompts, 
     assert torch.all(gen.sampler_logprobs[~mask] == 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampler_entropy_matches_the_recomputed_entropy(model, tokenizer, prompts, backend):
+    """report_entropy adds the tempered entropy at each sampled position (0 elsewhere), as the trainer's
+    old pass would compute it, and draws the same tokens as without it."""
+    engine = RolloutEngine(model, tokenizer, backend=backend)
+    engine.eos_ids = list(range(40, 60))
+    params = SamplingParams(temperature=0.7, max_new_tokens=24)
+    plain = engine.generate(prompts, params, seed=5)
+    gen = engine.generate(prompts, SamplingParams(temperature=0.7, max_new_tokens=24, report_entropy=True), seed=5)
+    assert plain.sampler_entropy is None and torch.equal(plain.response_ids, gen.response_ids)
+    assert gen.response_lengths.unique().numel() > 1  # compacted batch: entropies must follow their rows
+    input_ids = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)
+    attention_mask = torch.cat([gen.prompt_mask, gen.response_mask], dim=1)
+    with torch.no_grad():
+        entropy = sequence_token_stats(model, input_ids, attention_mask, gen.prompt_ids.shape[1],
+                                       temperature=0.7, with_entropy=True).entropy
+    mask = gen.response_mask
+    assert torch.allclose(gen.sampler_entropy[mask], entropy[mask], atol=1e-4)
+    assert (gen.sampler_entropy[mask] > 0).all() and torch.all(gen.sampler_entropy[~mask] == 0)
+
+
+def test_tempered_entropy_hand_computed():
+    from rlvr_lab.rollout.sampling import tempered_entropy
+
+    logits = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])  # p = (1/4, 3/4) and (1/2, 1/2) at T=1
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert torch.allclose(tempered_entropy(logits, SamplingParams(temperature=1.0)), torch.tensor([h, math.log(2)]))
+    # T=0.5 squares the odds: p = (1/10, 9/10); top-k does not change the reported entropy
+    h2 = -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))
+    got = tempered_entropy(logits[:1], SamplingParams(temperature=0.5, top_k=1))
+    assert torch.allclose(got, torch.tensor([h2]))
+
+
 # ---- (d) masks, padding and truncation --------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """Search-R1-style multi-turn rollouts: parsing, masks, turn limits, malformed tags, retriever failures."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -206,3 +207,7 @@ def test_real_engine_multi_turn_is_consistent():
     assert not (a.sampled_mask & ~a.response_mask).any()
     assert ((a.action_ids > 0) == a.sampled_mask).all()
     assert (a.turns >= 1).all() and (a.turns <= 3).all()
+    assert a.sampler_entropy is None
+    c = env.generate(engine, prompts, dataclasses.replace(params, report_entropy=True), seed=3)
+    assert torch.equal(c.response_ids, a.response_ids)
+    assert ((c.sampler_entropy > 0) == c.sampled_mask).all()  # forced observation tokens report 0

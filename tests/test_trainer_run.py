@@ -69,6 +69,40 @@ def test_every_preset_runs(tmp_path, preset):
         assert rl[0]["policy/optimizer_steps"] == 4
 
 
+def test_sampler_old_logprobs_equal_the_recomputed_pass(tmp_path):
+    """train.old_logprobs=sampler: the old log-probs and entropies are the sampler's, equal to what the
+    old pass recomputes on the same batch, and a run with it trains."""
+    cfg = load_config(CONFIGS / "demo.yaml", overrides=FAST + [
+        f"run.output_dir={tmp_path}", "eval.enabled=false", "sft.steps=0", "train.old_logprobs=sampler",
+        "train.minibatches=2", "rollout.temperature=0.8"])
+    trainer = Trainer(cfg)
+    trainer.setup()
+    batch = trainer.prepare(trainer.collect(1).batch)
+    assert "sampler_entropy" not in batch.extras
+    sampler_logp, sampler_ent = batch.old_logprobs.clone(), batch.extras["old_entropy"].clone()
+    trainer.old_pass(batch, trainer.spec.temperature, cfg.train.micro_batch_size)
+    mask = batch.loss_mask
+    assert mask.sum() > 20
+    assert torch.allclose(sampler_logp[mask], batch.old_logprobs[mask], atol=1e-4)
+    assert torch.allclose(sampler_ent[mask], batch.extras["old_entropy"][mask], atol=1e-4)
+    summary = trainer.run()
+    rl = [r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"]
+    assert len(rl) == 2 and all(math.isfinite(r["policy/entropy"]) and r["policy/optimizer_steps"] == 2 for r in rl)
+
+
+@pytest.mark.parametrize("override, key", [("rollout.top_k=5", "rollout.top_k"), ("rollout.top_p=0.9", "rollout.top_p")])
+def test_sampler_old_logprobs_refuse_a_filtered_sampler(override, key):
+    with pytest.raises(ValueError, match=key):
+        load_config(CONFIGS / "demo.yaml", overrides=["train.old_logprobs=sampler", override])
+
+
+def test_sampler_old_logprobs_refuse_methods_that_need_the_old_pass(tmp_path):
+    cfg = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "lp_reg.yaml"],
+                      overrides=FAST + [f"run.output_dir={tmp_path}", "train.old_logprobs=sampler"])
+    with pytest.raises(ValueError, match="recompute"):
+        Trainer(cfg).setup()
+
+
 def test_kl_to_reference_is_logged(tmp_path):
     cfg = load_config(CONFIGS / "demo.yaml", overrides=FAST + [f"run.output_dir={tmp_path}", "eval.enabled=false",
                                                                "algorithm.kl.coef=0.05", "train.minibatches=2"])

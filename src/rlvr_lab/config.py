@@ -351,6 +351,14 @@ class TrainConfig(_Strict):
         "values (same log-probs and gradients as the full pass up to float rounding, much cheaper when a "
         "group repeats a long prompt).",
     )
+    old_logprobs: Literal["recompute", "sampler"] = Field(
+        "recompute",
+        description="Where the old-policy log-probs (and entropies) come from: 'recompute' runs the policy over "
+        "the batch before the update; 'sampler' takes what the rollout engine reported while sampling, which "
+        "saves that forward pass. Equal up to float rounding when the rollout draws from the full tempered "
+        "distribution with the weights being trained (no top-k/top-p, no adaptive temperature); in bf16 or "
+        "with a separate inference engine the two can drift apart.",
+    )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="Save every N RL steps (0: only at the end).")
@@ -470,6 +478,16 @@ class Config(_Strict):
             raise ValueError("task.kind=qa needs task.train_path (JSONL or Parquet)")
         if self.search.enabled and self.search.retriever == "bm25" and not self.search.corpus and self.task.kind != "synthetic_kb":
             raise ValueError("search with the bm25 retriever needs search.corpus (only synthetic_kb tasks make their own)")
+        r = self.rollout
+        if self.train.old_logprobs == "sampler":
+            # the sampler's log-probs are those of the distribution it drew from: the same as the
+            # recomputed ones only when that is the full tempered distribution the loss uses
+            for key, value, off in (("rollout.top_k", r.top_k, 0), ("rollout.top_p", r.top_p, 1.0),
+                                    ("rollout.adaptive_temperature", r.adaptive_temperature, None)):
+                if value != off:
+                    raise ValueError(f"train.old_logprobs=sampler needs {key}={off} (got {value!r}): the sampler's "
+                                     "log-probs would be of a filtered or per-token-tempered distribution; "
+                                     "use train.old_logprobs=recompute")
         return self
 
 

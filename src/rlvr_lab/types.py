@@ -48,6 +48,9 @@ class Generation:
     sampler_logprobs: torch.Tensor  # (B, T) float32, log-prob under the sampling distribution; 0 elsewhere
     truncated: torch.Tensor  # (B,) bool, True when the response hit max_new_tokens without stopping
     texts: list[str] = field(default_factory=list)  # decoded responses (stop string included)
+    # (B, T) float32 entropy of the tempered distribution at each sampled position, 0 elsewhere;
+    # None unless SamplingParams.report_entropy
+    sampler_entropy: torch.Tensor | None = None
 
     @property
     def loss_mask(self) -> torch.Tensor:

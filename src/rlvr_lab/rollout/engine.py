@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlvr_lab.rollout.native import KVCache, NativeDecoder, native_supported
-from rlvr_lab.rollout.sampling import SamplingParams, sample_next
+from rlvr_lab.rollout.sampling import SamplingParams, sample_next, tempered_entropy
 from rlvr_lab.types import Generation
 
 # Compact the batch when at most this share of its rows is still running.
@@ -276,6 +276,7 @@ class RolloutEngine:
 
         out_ids = torch.full((B, T), self.pad_id, dtype=torch.long, device=self.device)
         out_logp = torch.zeros(B, T, dtype=torch.float32, device=self.device)
+        out_ent = torch.zeros(B, T, dtype=torch.float32, device=self.device) if params.report_entropy else None
         out_valid = torch.zeros(B, T, dtype=torch.bool, device=self.device)
         truncated = torch.ones(B, dtype=torch.bool, device=self.device)
 
@@ -295,6 +296,9 @@ class RolloutEngine:
             r, tok, lp = (rows, tokens, logp) if live is None else (rows[live], tokens[live], logp[live])
             out_ids[r, step] = tok
             out_logp[r, step] = lp
+            if out_ent is not None:
+                ent = tempered_entropy(logits, params, temps)
+                out_ent[r, step] = ent if live is None else ent[live]
             out_valid[r, step] = True
             done = stopper.done(tok, out_ids, r, step)
             n_done = int(done.sum())
@@ -318,6 +322,8 @@ class RolloutEngine:
 
         width = int(out_valid.sum(-1).max())
         out_ids, out_logp, out_valid = out_ids[:, :width], out_logp[:, :width], out_valid[:, :width]
+        if out_ent is not None:
+            out_ent = out_ent[:, :width]
         texts = [
             stopper.cut(self.tokenizer.decode(out_ids[i][out_valid[i]].tolist(), skip_special_tokens=True))
             for i in range(B)
@@ -331,4 +337,5 @@ class RolloutEngine:
             sampler_logprobs=out_logp,
             truncated=truncated,
             texts=texts,
+            sampler_entropy=out_ent,
         )

@@ -67,15 +67,18 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     sampled: list[bool] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
     action: list[int] = field(default_factory=list)
     last_turn: tuple[int, int] = (0, 0)  # token span of the latest model turn
     last_text: str = ""
     truncated: bool = False
 
-    def extend(self, ids: list[int], *, logp: list[float] | None = None, action: int = 0) -> None:
+    def extend(self, ids: list[int], *, logp: list[float] | None = None, entropy: list[float] | None = None,
+               action: int = 0) -> None:
         self.ids += ids
         self.sampled += [logp is not None] * len(ids)
         self.logp += logp if logp is not None else [0.0] * len(ids)
+        self.entropy += entropy if entropy is not None else [0.0] * len(ids)
         self.action += [action] * len(ids)
 
 
@@ -134,7 +137,9 @@ def multi_turn_generate(
                 row = rows[i]
                 keep = gen.response_mask[j]
                 start = len(row.ids)
-                row.extend(gen.response_ids[j][keep].tolist(), logp=gen.sampler_logprobs[j][keep].tolist(), action=turn + 1)
+                ent = None if gen.sampler_entropy is None else gen.sampler_entropy[j][keep].tolist()
+                row.extend(gen.response_ids[j][keep].tolist(), logp=gen.sampler_logprobs[j][keep].tolist(),
+                           entropy=ent, action=turn + 1)
                 row.last_turn, row.last_text = (start, len(row.ids)), gen.texts[j]
                 if final:
                     row.truncated = bool(gen.truncated[j])
@@ -154,12 +159,12 @@ def multi_turn_generate(
                 if reply.observation:
                     rows[i].extend(tool.observation_ids(reply.observation))
                 active.append(i)
-    return _assemble(engine, prompts, rows, counts, answer_marker)
+    return _assemble(engine, prompts, rows, counts, answer_marker, with_entropy=params.report_entropy)
 
 
 def _assemble(
     engine: RolloutEngine, prompts: Sequence[Sequence[int]], rows: list[_Row], counts: dict[str, list[float]],
-    answer_marker: str | None,
+    answer_marker: str | None, *, with_entropy: bool = False,
 ) -> MultiTurnGeneration:
     prompt_ids, prompt_mask = engine.left_pad(prompts)
     B, T = len(rows), max(1, max(len(r.ids) for r in rows))
@@ -167,6 +172,7 @@ def _assemble(
     valid = torch.zeros(B, T, dtype=torch.bool)
     sampled = torch.zeros(B, T, dtype=torch.bool)
     logp = torch.zeros(B, T)
+    entropy = torch.zeros(B, T)
     action = torch.zeros(B, T, dtype=torch.long)
     answer = torch.zeros(B, T, dtype=torch.bool)
     for i, row in enumerate(rows):
@@ -175,6 +181,7 @@ def _assemble(
         valid[i, :n] = True
         sampled[i, :n] = torch.as_tensor(row.sampled, dtype=torch.bool)
         logp[i, :n] = torch.as_tensor(row.logp)
+        entropy[i, :n] = torch.as_tensor(row.entropy)
         action[i, :n] = torch.as_tensor(row.action, dtype=torch.long)
         if answer_marker and answer_marker in row.last_text:
             lo = _marker_start(engine.tokenizer, row.ids, row.last_turn, answer_marker)
@@ -185,6 +192,7 @@ def _assemble(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=ids.to(device), response_mask=valid.to(device),
         sampled_mask=sampled.to(device), sampler_logprobs=logp.to(device),
         truncated=torch.tensor([r.truncated for r in rows], device=device), texts=texts,
+        sampler_entropy=entropy.to(device) if with_entropy else None,
         action_ids=action.to(device), answer_mask=answer.to(device),
         turns=torch.tensor([max(r.action, default=0) for r in rows], device=device),
         counts={name: torch.tensor(values) for name, values in counts.items()},

@@ -25,6 +25,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
+    # also report each sampled position's entropy of the tempered, unfiltered distribution (the
+    # old-policy entropy when the trainer takes its old log-probs from the sampler)
+    report_entropy: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str) or any(not isinstance(x, str) or not x for x in self.stop_strings):
@@ -78,6 +81,15 @@ def filtered_logprobs(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         x = x.masked_fill(drop, float("-inf"))
     return torch.log_softmax(x, dim=-1)
+
+
+def tempered_entropy(
+    logits: torch.Tensor, params: SamplingParams, temperature: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N,) entropy of softmax(logits / temperature) before top-k/top-p (unscaled for greedy decoding):
+    what a recomputing old-policy pass at that temperature would give."""
+    x = logits.float() if params.greedy else _scale(logits.float(), params, temperature)
+    return torch.logsumexp(x, dim=-1) - (torch.softmax(x, dim=-1) * x).sum(-1)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

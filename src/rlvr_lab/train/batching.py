@@ -10,7 +10,9 @@ from rlvr_lab.types import Batch, Generation
 
 
 def batch_from_generation(gen: Generation, rewards: torch.Tensor, group_ids: torch.Tensor) -> Batch:
-    """Prompt and response side by side; ``loss_mask`` is the engine's sampled mask, nothing else."""
+    """Prompt and response side by side; ``loss_mask`` is the engine's sampled mask, nothing else.
+    The sampler's entropies, when it reported them, go to ``extras["sampler_entropy"]``."""
+    extras = {} if gen.sampler_entropy is None else {"sampler_entropy": gen.sampler_entropy}
     return Batch(
         input_ids=torch.cat([gen.prompt_ids, gen.response_ids], dim=1),
         attention_mask=torch.cat([gen.prompt_mask, gen.response_mask], dim=1),
@@ -19,6 +21,7 @@ def batch_from_generation(gen: Generation, rewards: torch.Tensor, group_ids: tor
         rewards=rewards.float(),
         group_ids=group_ids.long(),
         sampler_logprobs=gen.sampler_logprobs,
+        extras=extras,
     )
 
 

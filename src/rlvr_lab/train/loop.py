@@ -137,6 +137,10 @@ class Trainer:
         self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
         self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
+        if cfg.train.old_logprobs == "sampler" and (self.methods.chunk_fns(self.spec.temperature) or self.methods.needs_hidden):
+            raise ValueError("train.old_logprobs=sampler cannot feed this objective: it needs the recomputing "
+                             "old-policy pass (Lp-Reg's proxy log-probs or THR's hidden states); "
+                             "use train.old_logprobs=recompute")
         self.observer = Observer(cfg.observe, self.model)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         ds = cfg.algorithm.dynamic_sampling  # prompt offsets: warm-start examples first, then RL rounds
@@ -243,6 +247,7 @@ class Trainer:
         return SamplingParams(
             temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
             max_new_tokens=r.max_new_tokens, stop_strings=tuple(r.stop_strings),
+            report_entropy=self.cfg.train.old_logprobs == "sampler",
         )
 
     def rollout_round(self, step: int, round_: int) -> tuple[Batch, torch.Tensor, dict[str, float], list[str]]:
@@ -350,10 +355,27 @@ class Trainer:
 
     def prepare(self, batch: Batch) -> Batch:
         """Everything from the old (and reference) policy without gradient: log-probs, entropy, the
-        chunk-wise extras (Lp-Reg proxy) and, for THR/NTHR, the token hidden reward."""
+        chunk-wise extras (Lp-Reg proxy) and, for THR/NTHR, the token hidden reward. With
+        ``train.old_logprobs=sampler`` the old log-probs and entropies are the sampler's and no old
+        pass runs."""
         mbs, temperature = self.cfg.train.micro_batch_size, self.spec.temperature
         batch = batch.to(self.device)
         self.methods.row_inputs(batch)
+        if self.cfg.train.old_logprobs == "sampler":
+            batch.old_logprobs = batch.sampler_logprobs
+            batch.extras["old_entropy"] = batch.extras.pop("sampler_entropy")
+        else:
+            self.old_pass(batch, temperature, mbs)
+        self.methods.after_old_pass(batch)
+        if self.ref_model is not None:
+            batch.ref_logprobs = score_tokens(
+                self.ref_model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=False,
+                share_prompts=self.spec.share_prompts,
+            ).logprobs
+        return batch
+
+    def old_pass(self, batch: Batch, temperature: float, mbs: int) -> None:
+        """The old policy's log-probs, entropies and method extras, recomputed over the batch."""
         old = score_tokens(
             self.model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=True,
             chunk_fns=self.methods.chunk_fns(temperature), with_hidden=self.methods.needs_hidden,
@@ -364,13 +386,6 @@ class Trainer:
         batch.extras.update(old.extras)  # (B, T) each
         if old.hidden is not None:
             batch.extras[SCORE_KEY] = self.methods.token_hidden_reward(self.model, batch, old.hidden, temperature)
-        self.methods.after_old_pass(batch)
-        if self.ref_model is not None:
-            batch.ref_logprobs = score_tokens(
-                self.ref_model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=False,
-                share_prompts=self.spec.share_prompts,
-            ).logprobs
-        return batch
 
     def update(self, batch: Batch, step: int, optimizer, scheduler) -> dict[str, float]:
         """The on-policy update, then (SPEAR) storing promising rows and any replay update."""

@@ -55,48 +55,87 @@ class KVCache:
         self.key_valid = self.key_valid.index_select(0, rows)
 
 
+def weight_packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :class:`_Linear` can lay weights out for oneDNN's CPU matmul (fp32, or bf16 where the
+    CPU has bf16 instructions)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+class _Linear:
+    """``x W^T + b``, optionally plus a residual, for one generation.
+
+    With ``pack_rows`` set, the weight is copied once into oneDNN's blocked layout, tuned for about
+    that many input rows; its matmuls then skip the per-call repacking of the plain kernel (measured
+    on a 2-core CPU at 32 rows: SmolLM2's 576x3072 MLP projection 955 -> 519 us, its 49k-row vocabulary
+    projection 23.8 -> 10.1 ms). Without it, the plain weight is used as is (a view, no copy).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack_rows: int | None):
+        self.weight, self.bias = weight, bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, pack_rows) if pack_rows else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` with the addition fused into the matmul."""
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+        if self.bias is None and x.dim() == 2:
+            return torch.addmm(residual, x, self.weight.t())
+        return residual + F.linear(x, self.weight, self.bias)
+
+
+def _concat_bias(projs) -> torch.Tensor | None:
+    if all(p.bias is None for p in projs):
+        return None
+    return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projs])
+
+
 class _LayerWeights:
     """One layer's projections for a generation: q/k/v and gate/up fused into single matmuls.
 
     Fusing copies the weights, so it is done once per ``generate`` call (the policy changes between
     calls) and only for models small enough that the copy is cheap; larger models use views.
+    ``pack_rows`` lays the (fused) weights out for oneDNN as well (see :class:`_Linear`).
     """
 
-    def __init__(self, layer, fuse: bool):
+    def __init__(self, layer, fuse: bool, pack_rows: int | None):
         attn, mlp = layer.self_attn, layer.mlp
         self.in_norm = layer.input_layernorm.weight
         self.post_norm = layer.post_attention_layernorm.weight
-        self.o_proj, self.o_bias, self.down = attn.o_proj.weight, attn.o_proj.bias, mlp.down_proj.weight
+        self.o_proj = _Linear(attn.o_proj.weight, attn.o_proj.bias, pack_rows)
+        self.down = _Linear(mlp.down_proj.weight, None, pack_rows)
         self.fused = fuse
         if fuse:
-            self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
             projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-            has_bias = any(p.bias is not None for p in projs)
-            self.qkv_bias = (
-                torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projs])
-                if has_bias else None
-            )
-            self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            self.qkv = _Linear(torch.cat([p.weight for p in projs]), _concat_bias(projs), pack_rows)
+            self.gate_up = _Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, pack_rows)
         else:
             self.attn, self.mlp = attn, mlp
 
     def qk_and_v(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys side by side (..., n_q + n_kv), and values (..., n_kv)."""
         if self.fused:
-            out = F.linear(h, self.qkv, self.qkv_bias)
+            out = self.qkv(h)
             return out[..., : n_q + n_kv], out[..., n_q + n_kv :]
         return torch.cat([self.attn.q_proj(h), self.attn.k_proj(h)], dim=-1), self.attn.v_proj(h)
 
     def gate_up_act(self, h: torch.Tensor) -> torch.Tensor:
         """``silu(gate(h)) * up(h)``, the input of the down projection."""
         if self.fused:
-            gate, up = F.linear(h, self.gate_up).chunk(2, dim=-1)
+            gate, up = self.gate_up(h).chunk(2, dim=-1)
         else:
             gate, up = self.mlp.gate_proj(h), self.mlp.up_proj(h)
         return F.silu(gate) * up
-
-    def mlp_out(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.gate_up_act(h), self.down)
 
 
 # Fuse projections (a weight copy per generate call) below this many parameters.
@@ -106,7 +145,9 @@ FUSE_MAX_PARAMS = 1_000_000_000
 class NativeDecoder:
     """Prefill and single-token decode steps over a :class:`KVCache` for a Llama-family model."""
 
-    def __init__(self, model):
+    def __init__(self, model, *, pack_weights: bool | None = None):
+        """``pack_weights``: lay the weights out for oneDNN's CPU matmul on every ``new_cache`` (see
+        :class:`_Linear`); ``None`` does so where it is supported and the projections are fused."""
         if not native_supported(model):
             raise ValueError(f"model type {model.config.model_type!r} is not supported by the native decoder")
         self.model = model
@@ -123,11 +164,18 @@ class NativeDecoder:
         self.final_norm = model.model.norm.weight
         self.lm_head = model.lm_head
         self.fuse = sum(p.numel() for p in model.parameters()) < FUSE_MAX_PARAMS
+        supported = weight_packing_supported(self.embed.dtype, self.embed.device)
+        if pack_weights and not supported:
+            raise ValueError(f"weight packing needs a CPU with oneDNN and fp32/bf16 weights, "
+                             f"got {self.embed.dtype} on {self.embed.device}")
+        self.pack = supported and self.fuse if pack_weights is None else pack_weights
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Buffers for one generation, plus a snapshot of the layer weights and a RoPE table."""
         with torch.no_grad():
-            self.layers = [_LayerWeights(layer, self.fuse) for layer in self.model.model.layers]
+            pack_rows = batch if self.pack else None
+            self.layers = [_LayerWeights(layer, self.fuse, pack_rows) for layer in self.model.model.layers]
+            self.head = _Linear(self.lm_head.weight, self.lm_head.bias, pack_rows)
             pos = torch.arange(max_len, device=self.embed.device, dtype=torch.float32)
             freqs = pos.unsqueeze(-1) * self.inv_freq.to(pos.device)  # (L_max, hd/2)
             emb = torch.cat((freqs, freqs), dim=-1)
@@ -161,12 +209,12 @@ class NativeDecoder:
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
             )  # (B, H, L, hd): a prompt attends to itself only
-            x = x + F.linear(o.transpose(1, 2).reshape(B, L, n_q), w.o_proj, w.o_bias)
-            x = x + w.mlp_out(_rms_norm(x, w.post_norm, self.eps))
+            x = w.o_proj.add_to(x, o.transpose(1, 2).reshape(B, L, n_q))
+            x = w.down.add_to(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)))
         return _rms_norm(x[:, -1], self.final_norm, self.eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()  # (B, V)
+        return self.head(hidden).float()  # (B, V)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: KVCache,
@@ -200,7 +248,7 @@ class NativeDecoder:
 
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """The single-position forward, kept two-dimensional (B, d) so that every layer is a short,
-        fixed list of kernels: residual adds are fused into the projections (``addmm``), queries and
+        fixed list of kernels: residual adds are fused into the projections, queries and
         keys are rotated together, and attention runs per key-value head without expanding it."""
         B, hd, H, Hkv = tokens.shape[0], self.head_dim, self.n_heads, self.n_kv
         n_q, n_kv, end = H * hd, Hkv * hd, column + 1
@@ -219,6 +267,6 @@ class NativeDecoder:
             scores = torch.matmul(q, cache.k[i][:, :, :end].transpose(-1, -2))  # (B, Hkv, rep, end)
             probs = torch.softmax(torch.add(mask, scores.float(), alpha=self.scale), dim=-1).to(x.dtype)
             o = torch.matmul(probs, cache.v[i][:, :, :end]).reshape(B, n_q)
-            x = torch.addmm(x, o, w.o_proj.t()) if w.o_bias is None else x + F.linear(o, w.o_proj, w.o_bias)
-            x = torch.addmm(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)), w.down.t())
+            x = w.o_proj.add_to(x, o)
+            x = w.down.add_to(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)))
         return _rms_norm(x, self.final_norm, self.eps)

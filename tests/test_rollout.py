@@ -12,6 +12,7 @@ import torch
 
 from rlvr_lab.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompt
 from rlvr_lab.rollout.engine import RolloutEngine
+from rlvr_lab.rollout.native import NativeDecoder, weight_packing_supported
 from rlvr_lab.rollout.sampling import SamplingParams, filtered_logprobs, sample_next
 from rlvr_lab.train.logprobs import sequence_token_stats
 
@@ -431,3 +432,20 @@ def test_prefill_in_length_groups_gives_the_same_tokens_and_logprobs(
     sampled = engine.generate(batch, SamplingParams(temperature=1.0, max_new_tokens=16), seed=2)
     assert torch.allclose(sampled.sampler_logprobs[sampled.response_mask],
                           stats_of(sharp_model, sampled, 1.0)[sampled.response_mask], atol=1e-4)
+
+
+@pytest.mark.skipif(not weight_packing_supported(torch.float32, torch.device("cpu")), reason="no oneDNN on this CPU")
+def test_packed_weights_give_the_same_logits_as_plain_ones(model, tokenizer, prompts):
+    """The oneDNN weight layout changes only how the matmuls run: prefill and decode logits agree."""
+    ids, mask = RolloutEngine(model, tokenizer).left_pad(prompts)
+    outs = []
+    for pack in (True, False):
+        dec = NativeDecoder(model, pack_weights=pack)
+        cache = dec.new_cache(ids.shape[0], ids.shape[1] + 4)
+        first = dec.prefill(ids, mask, cache)
+        nxt = dec.step(first.argmax(-1), mask.sum(-1), cache, ids.shape[1])
+        outs.append((first, nxt, dec.layers[0].qkv.packed is not None))
+    (p1, p2, packed), (u1, u2, plain) = outs
+    assert packed and not plain
+    torch.testing.assert_close(p1, u1, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(p2, u2, atol=1e-4, rtol=1e-4)

@@ -77,8 +77,10 @@ class _Linear:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack_rows: int | None):
-        self.weight, self.bias = weight, bias
+        self.bias = bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, pack_rows) if pack_rows else None
+        # once packed, the plain weight (a fused copy, for q/k/v and gate/up) is not kept alive
+        self.weight = None if self.packed is not None else weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:

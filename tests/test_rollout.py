@@ -12,6 +12,7 @@ import torch
 
 from rlvr_lab.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompt
 from rlvr_lab.rollout.engine import RolloutEngine
+from rlvr_lab.rollout import native as native_module
 from rlvr_lab.rollout.native import NativeDecoder, weight_packing_supported
 from rlvr_lab.rollout.sampling import SamplingParams, filtered_logprobs, sample_next
 from rlvr_lab.train.logprobs import sequence_token_stats
@@ -434,18 +435,77 @@ def test_prefill_in_length_groups_gives_the_same_tokens_and_logprobs(
                           stats_of(sharp_model, sampled, 1.0)[sampled.response_mask], atol=1e-4)
 
 
-@pytest.mark.skipif(not weight_packing_supported(torch.float32, torch.device("cpu")), reason="no oneDNN on this CPU")
-def test_packed_weights_give_the_same_logits_as_plain_ones(model, tokenizer, prompts):
-    """The oneDNN weight layout changes only how the matmuls run: prefill and decode logits agree."""
+def qwen2_with_biases(tokenizer):
+    """A small Qwen2 (q/k/v projections with biases, here random) on the character vocabulary."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
+    qwen = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in qwen.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)  # non-trivial norm weights to fold
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+        qwen.model.norm.weight.uniform_(0.5, 1.5)
+    return qwen
+
+
+def reference_and_native_logits(model, tokenizer, prompts, n_steps: int = 3, **layout):
+    """Next-token logits (B, 1 + n_steps, V) after the prompts and after each of ``n_steps`` forced tokens:
+    from the model's own forward over the whole sequence, and from the native decoder's prefill and steps."""
     ids, mask = RolloutEngine(model, tokenizer).left_pad(prompts)
-    outs = []
-    for pack in (True, False):
-        dec = NativeDecoder(model, pack_weights=pack)
-        cache = dec.new_cache(ids.shape[0], ids.shape[1] + 4)
-        first = dec.prefill(ids, mask, cache)
-        nxt = dec.step(first.argmax(-1), mask.sum(-1), cache, ids.shape[1])
-        outs.append((first, nxt, dec.layers[0].qkv.packed is not None))
-    (p1, p2, packed), (u1, u2, plain) = outs
-    assert packed and not plain
-    torch.testing.assert_close(p1, u1, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(p2, u2, atol=1e-4, rtol=1e-4)
+    B, Lp = ids.shape
+    forced = torch.randint(3, len(tokenizer), (B, n_steps), generator=torch.Generator().manual_seed(0))
+    full_mask = torch.cat([mask, torch.ones_like(forced, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        ref = model(input_ids=torch.cat([ids, forced], dim=1), attention_mask=full_mask.long(),
+                    position_ids=(full_mask.long().cumsum(-1) - 1).clamp_min(0)).logits[:, Lp - 1 :].float()
+    dec = NativeDecoder(model, **layout)
+    cache = dec.new_cache(B, Lp + n_steps)
+    native = [dec.prefill(ids, mask, cache)]
+    for s in range(n_steps):
+        native.append(dec.step(forced[:, s], mask.sum(-1) + s, cache, Lp + s))
+    return ref, torch.stack(native, dim=1), dec
+
+
+PACKING = weight_packing_supported(torch.float32, torch.device("cpu"))
+LAYOUTS = [
+    {"fuse": False, "fold_norms": False, "pack_weights": False},
+    {"fuse": True, "fold_norms": False, "pack_weights": False},
+    {"fuse": True, "fold_norms": True, "pack_weights": False},
+    pytest.param({"fuse": True, "fold_norms": True, "pack_weights": True},
+                 marks=pytest.mark.skipif(not PACKING, reason="no oneDNN on this CPU")),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda d: "-".join(k for k, v in d.items() if v) or "plain")
+@pytest.mark.parametrize("arch", ["llama", "qwen2-bias"])
+def test_every_weight_layout_gives_the_models_own_logits(sharp_model, tokenizer, prompts, arch, layout,
+                                                         monkeypatch):
+    """Fused, norm-folded and oneDNN-packed weights change how the decoder computes, not what: its
+    prefill and decode logits match the model's own forward, for GQA with and without q/k/v biases."""
+    monkeypatch.setattr(native_module, "PACK_MIN_NUMEL", 0)  # pack even these small weights
+    model = sharp_model if arch == "llama" else qwen2_with_biases(tokenizer)
+    ref, native, dec = reference_and_native_logits(model, tokenizer, prompts, **layout)
+    assert ref.abs().max() > 1.0  # logits varied enough that a wrong layout would show
+    torch.testing.assert_close(native, ref, atol=1e-4, rtol=1e-4)
+    first = dec.layers[0]
+    assert (first.in_norm is None) == layout["fold_norms"] and first.fused == layout["fuse"]
+    if layout["fuse"]:
+        assert (first.qkv.packed is not None) == layout["pack_weights"]
+
+
+def test_bfloat16_decoder_tracks_the_models_own_bfloat16_logits(tokenizer, prompts):
+    model = build_tiny_model(SHARP, tokenizer, seed=0).to(torch.bfloat16)
+    ref, native, dec = reference_and_native_logits(model, tokenizer, prompts)
+    assert dec.layers[0].in_norm is not None  # bf16 keeps the float32 norm with its weight
+    assert (native - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_fold_norms_needs_fused_weights(model):
+    with pytest.raises(ValueError, match="fold_norms needs fuse"):
+        NativeDecoder(model, fuse=False, fold_norms=True)

@@ -230,25 +230,19 @@ class RolloutEngine:
                   if self.backend == "native" else None)
         if groups is None or len(groups) == 1:
             logits = self.decoder.prefill(prompt_ids, prompt_mask, cache)
-            order = None
-        else:
-            order = torch.cat([rows for rows, _ in groups]).to(prompt_ids.device)
-            logits, r0 = [], 0
+        else:  # each group is written straight to its prompts' cache rows: no reordering afterwards
+            logits = None
             for rows, start in groups:
                 rows = rows.to(prompt_ids.device)
-                cache_rows = slice(r0, r0 + len(rows))
-                logits.append(self.decoder.prefill(
-                    prompt_ids[rows, start:], prompt_mask[rows, start:], cache, cache_rows, start))
-                r0 += len(rows)
-            logits = torch.cat(logits)
-        # cache row j holds prompt order[j] (or j); pick, for every output row, the cache row of its prompt
-        target = None if order is None else torch.argsort(order)
-        if inverse is not None:
-            target = inverse if target is None else target[inverse]
-        if target is None:
+                part = self.decoder.prefill(prompt_ids[rows, start:], prompt_mask[rows, start:], cache, rows, start)
+                if logits is None:
+                    logits = part.new_empty(n, part.shape[-1])
+                logits[rows] = part
+        if inverse is None:
             return logits, cache
-        cache.select(target)
-        return logits.index_select(0, target), cache
+        # cache row u holds distinct prompt u: copy it to every output row that repeats it
+        cache.select(inverse)
+        return logits.index_select(0, inverse), cache
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, *, seed: int = 0,

@@ -34,25 +34,36 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * F.rms_norm(x.float(), weight.shape, None, eps).to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _unit_rms_norm(x: torch.Tensor, root_d_eps: torch.Tensor) -> torch.Tensor:
+    """``rms_norm(x) / sqrt(d)`` in three kernels, for a norm whose ``weight * sqrt(d)`` is folded into the
+    next projection: ``x / sqrt(|x|^2 + d*eps)``, with ``root_d_eps = sqrt(d*eps)`` (a 0-d tensor).
+    On a CPU this is about half the time of ``F.rms_norm``, which runs as a chain of elementwise kernels."""
+    return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), root_d_eps)
 
 
 class KVCache:
-    """Fixed buffers ``(B, n_kv_heads, L_max, head_dim)`` per layer, plus which key slots are real."""
+    """Per layer one buffer ``(2, B, n_kv_heads, L_max, head_dim)`` (keys, then values), so that one copy
+    writes both, plus which key slots are real as an additive attention bias ``(B, L_max)``: 0 for a
+    real key, -inf for padding and for slots not written yet."""
 
     def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int, dtype, device):
-        shape = (batch, n_kv, max_len, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.key_valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, L_max)
+        shape = (2, batch, n_kv, max_len, head_dim)
+        self.kv = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.key_bias = torch.full((batch, max_len), float("-inf"), dtype=dtype, device=device)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep ``rows`` (drop finished sequences so later steps do less work; a repeated row is copied)."""
-        self.k = [k.index_select(0, rows) for k in self.k]
-        self.v = [v.index_select(0, rows) for v in self.v]
-        self.key_valid = self.key_valid.index_select(0, rows)
+        self.kv = [self._rows_of(kv, rows) for kv in self.kv]
+        self.key_bias = self.key_bias.index_select(0, rows)
+
+    @staticmethod
+    def _rows_of(kv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # plane by plane: index_select along a leading dimension copies whole rows, several times
+        # faster than along dimension 1
+        out = kv.new_empty((2, len(rows), *kv.shape[2:]))
+        for plane in range(2):
+            torch.index_select(kv[plane], 0, rows, out=out[plane])
+        return out
 
 
 def weight_packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
@@ -67,6 +78,14 @@ def weight_packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float32
 
 
+# Smallest weight (elements) worth packing. A packed oneDNN matmul has a larger fixed cost per call
+# than the plain kernel, which skipping the repacking outweighs only for larger weights: on a 2-core
+# CPU, whole 32 x 128-token generations with the tiny demo model (weights up to 128x768) ran 0.31 s
+# with none of its weights packed, 0.34 s with those from 2^16 elements up and 0.39 s with all packed;
+# SmolLM2-135M's projections (from 576x576) gain about 2x from packing.
+PACK_MIN_NUMEL = 1 << 18
+
+
 class _Linear:
     """``x W^T + b``, optionally plus a residual, for one generation.
 
@@ -78,6 +97,8 @@ class _Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack_rows: int | None):
         self.bias = bias
+        if weight.numel() < PACK_MIN_NUMEL:
+            pack_rows = None
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, pack_rows) if pack_rows else None
         # once packed, the plain weight (a fused copy, for q/k/v and gate/up) is not kept alive
         self.weight = None if self.packed is not None else weight
@@ -96,40 +117,72 @@ class _Linear:
         return residual + F.linear(x, self.weight, self.bias)
 
 
-def _concat_bias(projs) -> torch.Tensor | None:
-    if all(p.bias is None for p in projs):
-        return None
-    return torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projs])
+def _bias_or_zeros(proj) -> torch.Tensor:
+    return proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
 
 
 class _LayerWeights:
-    """One layer's projections for a generation: q/k/v and gate/up fused into single matmuls.
+    """One layer's projections for a generation.
 
-    Fusing copies the weights, so it is done once per ``generate`` call (the policy changes between
-    calls) and only for models small enough that the copy is cheap; larger models use views.
-    ``pack_rows`` lays the (fused) weights out for oneDNN as well (see :class:`_Linear`).
+    Fused (``fuse``), q/k/v become one matmul whose output is grouped by key/value head: the ``rep``
+    query heads that share a key/value head (pre-multiplied by the attention scale head_dim^-0.5),
+    then its key, then its value. Views of that output, (..., n_kv, rep + 2, head_dim), then give the
+    queries of all groups as one batch of attention matmuls and each position's key and value as one
+    copy into the cache. gate/up become one matmul as well. With ``fold_norms`` the two RMSNorm
+    weights, times sqrt(d), are folded into the input columns of the projections that follow them
+    (exact up to rounding: see :func:`_unit_rms_norm`).
+
+    Fusing and folding copy the weights, so they are done once per ``generate`` call (the policy
+    changes between calls). Unfused, the model's own projections are used as they are.
+    ``pack_rows`` lays the weights out for oneDNN as well (see :class:`_Linear`).
     """
 
-    def __init__(self, layer, fuse: bool, pack_rows: int | None):
+    def __init__(self, layer, n_kv: int, rep: int, head_dim: int, *, fuse: bool, fold_norms: bool,
+                 pack_rows: int | None):
         attn, mlp = layer.self_attn, layer.mlp
-        self.in_norm = layer.input_layernorm.weight
-        self.post_norm = layer.post_attention_layernorm.weight
+        self.n_kv, self.rep, self.head_dim = n_kv, rep, head_dim
+        self.scale = head_dim**-0.5
+        in_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        fold = fuse and fold_norms
+        self.in_norm = None if fold else in_norm  # None: folded into qkv (and post_norm into gate_up)
+        self.post_norm = None if fold else post_norm
         self.o_proj = _Linear(attn.o_proj.weight, attn.o_proj.bias, pack_rows)
         self.down = _Linear(mlp.down_proj.weight, None, pack_rows)
         self.fused = fuse
-        if fuse:
-            projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-            self.qkv = _Linear(torch.cat([p.weight for p in projs]), _concat_bias(projs), pack_rows)
-            self.gate_up = _Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None, pack_rows)
-        else:
+        if not fuse:
             self.attn, self.mlp = attn, mlp
+            return
+        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+        qkv = self._grouped(attn.q_proj.weight * self.scale, attn.k_proj.weight, attn.v_proj.weight)
+        qkv_bias = None
+        if any(p.bias is not None for p in projs):
+            q_bias, k_bias, v_bias = (_bias_or_zeros(p) for p in projs)
+            qkv_bias = self._grouped(q_bias * self.scale, k_bias, v_bias)
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        if fold:
+            root_d = in_norm.shape[0] ** 0.5
+            qkv = qkv * (in_norm * root_d)
+            gate_up = gate_up * (post_norm * root_d)
+        self.qkv = _Linear(qkv, qkv_bias, pack_rows)
+        self.gate_up = _Linear(gate_up, None, pack_rows)
 
-    def qk_and_v(self, h: torch.Tensor, n_q: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and keys side by side (..., n_q + n_kv), and values (..., n_kv)."""
+    def _grouped(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q/k/v projection weights (heads * head_dim, d), or biases, stacked in key/value-head groups."""
+        tail = q.shape[1:]
+        q = q.reshape(self.n_kv, self.rep, self.head_dim, *tail)
+        k = k.reshape(self.n_kv, 1, self.head_dim, *tail)
+        v = v.reshape(self.n_kv, 1, self.head_dim, *tail)
+        return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
+
+    def qkv_grouped(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., n_kv, rep + 2, head_dim): per key/value head its scaled queries, key, value."""
+        groups = (self.n_kv, self.rep + 2, self.head_dim)
         if self.fused:
-            out = self.qkv(h)
-            return out[..., : n_q + n_kv], out[..., n_q + n_kv :]
-        return torch.cat([self.attn.q_proj(h), self.attn.k_proj(h)], dim=-1), self.attn.v_proj(h)
+            return self.qkv(h).unflatten(-1, groups)
+        q = (self.attn.q_proj(h) * self.scale).unflatten(-1, (self.n_kv, self.rep, self.head_dim))
+        k = self.attn.k_proj(h).unflatten(-1, (self.n_kv, 1, self.head_dim))
+        v = self.attn.v_proj(h).unflatten(-1, (self.n_kv, 1, self.head_dim))
+        return torch.cat([q, k, v], dim=-2)
 
     def gate_up_act(self, h: torch.Tensor) -> torch.Tensor:
         """``silu(gate(h)) * up(h)``, the input of the down projection."""
@@ -147,94 +200,125 @@ FUSE_MAX_PARAMS = 1_000_000_000
 class NativeDecoder:
     """Prefill and single-token decode steps over a :class:`KVCache` for a Llama-family model."""
 
-    def __init__(self, model, *, pack_weights: bool | None = None):
-        """``pack_weights``: lay the weights out for oneDNN's CPU matmul on every ``new_cache`` (see
-        :class:`_Linear`); ``None`` does so where it is supported and the projections are fused."""
+    def __init__(self, model, *, fuse: bool | None = None, fold_norms: bool | None = None,
+                 pack_weights: bool | None = None):
+        """Weight layouts, each redone on every ``new_cache`` (the policy changes between generations):
+
+        - ``fuse``: one matmul for q/k/v and one for gate/up (copies the weights); ``None`` fuses
+          models under ``FUSE_MAX_PARAMS`` parameters.
+        - ``fold_norms``: fold the RMSNorm weights into the fused projections and the output head;
+          ``None`` folds in float32 (in bf16 the norm is kept in float32, as transformers does).
+          Needs ``fuse``.
+        - ``pack_weights``: lay the weights out for oneDNN's CPU matmul (see :class:`_Linear`);
+          ``None`` packs where that is supported and the projections are fused.
+        """
         if not native_supported(model):
             raise ValueError(f"model type {model.config.model_type!r} is not supported by the native decoder")
         self.model = model
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.rep = self.n_heads // self.n_kv
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
-        self.scale = self.head_dim**-0.5
         rot = model.model.rotary_emb
         self.inv_freq = rot.inv_freq.float()
         self.rope_scale = float(getattr(rot, "attention_scaling", 1.0))
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
         self.lm_head = model.lm_head
-        self.fuse = sum(p.numel() for p in model.parameters()) < FUSE_MAX_PARAMS
+        self.root_d_eps = torch.tensor((self.embed.shape[1] * self.eps) ** 0.5, device=self.embed.device)
+        if fuse is None:
+            fuse = sum(p.numel() for p in model.parameters()) < FUSE_MAX_PARAMS
+        self.fuse = fuse
+        if fold_norms and not fuse:
+            raise ValueError("fold_norms needs fuse: the norms are folded into the fused weight copies")
+        self.fold_norms = fuse and self.embed.dtype == torch.float32 if fold_norms is None else fold_norms
         supported = weight_packing_supported(self.embed.dtype, self.embed.device)
         if pack_weights and not supported:
             raise ValueError(f"weight packing needs a CPU with oneDNN and fp32/bf16 weights, "
                              f"got {self.embed.dtype} on {self.embed.device}")
-        self.pack = supported and self.fuse if pack_weights is None else pack_weights
+        self.pack = supported and fuse if pack_weights is None else pack_weights
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Buffers for one generation, plus a snapshot of the layer weights and a RoPE table."""
         with torch.no_grad():
             pack_rows = batch if self.pack else None
-            self.layers = [_LayerWeights(layer, self.fuse, pack_rows) for layer in self.model.model.layers]
-            self.head = _Linear(self.lm_head.weight, self.lm_head.bias, pack_rows)
-            pos = torch.arange(max_len, device=self.embed.device, dtype=torch.float32)
-            freqs = pos.unsqueeze(-1) * self.inv_freq.to(pos.device)  # (L_max, hd/2)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self.cos_table = (emb.cos() * self.rope_scale).to(self.embed.dtype)  # (L_max, hd)
-            self.sin_table = (emb.sin() * self.rope_scale).to(self.embed.dtype)
-            # rotate_half(x) * sin == roll(x, hd/2) * (sin with its first half negated)
-            half = self.head_dim // 2
-            self.sin_signed_table = torch.cat([-self.sin_table[:, :half], self.sin_table[:, half:]], dim=-1)
+            self.layers = [
+                _LayerWeights(layer, self.n_kv, self.rep, self.head_dim, fuse=self.fuse,
+                              fold_norms=self.fold_norms, pack_rows=pack_rows)
+                for layer in self.model.model.layers
+            ]
+            head = self.lm_head.weight
+            self.head_norm = None if self.fold_norms else self.final_norm  # None: folded into the head
+            if self.fold_norms:
+                head = head * (self.final_norm * self.embed.shape[1] ** 0.5)
+            self.head = _Linear(head, self.lm_head.bias, pack_rows)
+            self.rope_table = self._rope_table(max_len)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
 
-    def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask, rows: slice) -> torch.Tensor:
+    def _rope_table(self, max_len: int) -> torch.Tensor:
+        """(L_max, 2, rep + 2, head_dim): per position, the factors of ``x * cos + roll(x) * sin`` for the
+        slots of a key/value-head group (:meth:`_LayerWeights.qkv_grouped`): queries and key rotated,
+        the value slot passed through (cos 1, sin 0). ``rotate_half(x) * sin == roll(x, hd/2) * sin'``
+        with ``sin'`` the sine with its first half negated."""
+        pos = torch.arange(max_len, device=self.embed.device, dtype=torch.float32)
+        freqs = pos.unsqueeze(-1) * self.inv_freq.to(pos.device)  # (L_max, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale  # (L_max, hd)
+        half = self.head_dim // 2
+        table = torch.zeros(max_len, 2, self.rep + 2, self.head_dim, device=pos.device)
+        table[:, 0, :-1] = cos.unsqueeze(1)
+        table[:, 0, -1] = 1.0
+        table[:, 1, :-1] = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).unsqueeze(1)
+        return table.to(self.embed.dtype)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """RMSNorm, or (``weight`` None, folded into the next projection) the unit-scale one."""
+        return _unit_rms_norm(x, self.root_d_eps) if weight is None else _rms_norm(x, weight, self.eps)
+
+    def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask, rows) -> torch.Tensor:
         """Run all layers on ``ids`` (B, L) written at cache ``rows``, columns ``start:start+L``; returns
         the final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, L)."""
         B, L = ids.shape
+        H, hd, rep = self.n_heads, self.head_dim, self.rep
         x = F.embedding(ids, self.embed)  # (B, L, d)
-        cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, L, hd)
-        sin = self.sin_table[positions].unsqueeze(1)
+        rope = self.rope_table[positions]  # (B, L, 2, rep + 2, hd)
+        cos, sin = rope[:, :, :1], rope[:, :, 1:]  # (B, L, 1, rep + 2, hd): shared by the kv heads
         end = start + L
-        n_q, n_kv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        heads = self.n_heads + self.n_kv
         for i, w in enumerate(self.layers):
-            h = _rms_norm(x, w.in_norm, self.eps)
-            qk, v = w.qk_and_v(h, n_q, n_kv)
-            # rotate queries and keys together: one set of RoPE ops per layer
-            qk = qk.reshape(B, L, heads, self.head_dim).transpose(1, 2)  # (B, H+Hkv, L, hd)
-            qk = qk * cos + _rotate_half(qk) * sin
-            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
-            v = v.reshape(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
-            cache.k[i][rows, :, start:end] = k
-            cache.v[i][rows, :, start:end] = v
+            r = w.qkv_grouped(self._norm(x, w.in_norm))  # (B, L, Hkv, rep + 2, hd)
+            r = torch.addcmul(r * cos, r.roll(hd // 2, dims=-1), sin)
+            cache.kv[i][:, rows, :, start:end] = r[:, :, :, rep:].permute(3, 0, 2, 1, 4)  # (2, B, Hkv, L, hd)
+            q = r[:, :, :, :rep].reshape(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd), pre-scaled
+            k, v = r[:, :, :, rep].transpose(1, 2), r[:, :, :, rep + 1].transpose(1, 2)  # (B, Hkv, L, hd)
             o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, scale=self.scale, enable_gqa=self.n_kv != self.n_heads
+                q, k, v, attn_mask=attn_mask, scale=1.0, enable_gqa=self.n_kv != H
             )  # (B, H, L, hd): a prompt attends to itself only
-            x = w.o_proj.add_to(x, o.transpose(1, 2).reshape(B, L, n_q))
-            x = w.down.add_to(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)))
-        return _rms_norm(x[:, -1], self.final_norm, self.eps)
+            x = w.o_proj.add_to(x, o.transpose(1, 2).reshape(B, L, H * hd))
+            x = w.down.add_to(x, w.gate_up_act(self._norm(x, w.post_norm)))
+        return self._norm(x[:, -1], self.head_norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).float()  # (B, V)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cache: KVCache,
-                rows: slice = slice(None), start: int = 0) -> torch.Tensor:
+                rows: slice | torch.Tensor = slice(None), start: int = 0) -> torch.Tensor:
         """Encode left-padded prompts (n, L); returns next-token logits (n, V) float32.
 
-        The prompts go to cache ``rows`` at columns ``start:start+L``, so that a batch can be prefilled
-        in groups of similar length, each cut to its own longest prompt (``start`` > 0 for the shorter
-        groups); the columns before ``start`` of those rows are zeroed and marked as padding.
+        The prompts go to cache ``rows`` (a slice or n row indices) at columns ``start:start+L``, so
+        that a batch can be prefilled in groups of similar length, each cut to its own longest prompt
+        (``start`` > 0 for the shorter groups); the columns before ``start`` of those rows are zeroed
+        and marked as padding.
         """
         n, L = prompt_ids.shape
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # (n, L)
-        cache.key_valid[rows, :start] = False
-        cache.key_valid[rows, start : start + L] = prompt_mask
+        cache.key_bias[rows, :start] = float("-inf")
+        cache.key_bias[rows, start : start + L] = torch.where(prompt_mask, 0.0, float("-inf"))
         if start:  # never-written slots would feed garbage (possibly NaN) into the masked scores
-            for k, v in zip(cache.k, cache.v):
-                k[rows, :, :start] = 0
-                v[rows, :, :start] = 0
+            for kv in cache.kv:
+                kv[:, rows, :, :start] = 0
         causal = torch.ones(L, L, dtype=torch.bool, device=prompt_ids.device).tril()
         mask = causal.unsqueeze(0) & prompt_mask.unsqueeze(1)  # (n, L, L)
         # a padded query row would attend to nothing (NaN); let it see itself, its output is unused
@@ -245,30 +329,36 @@ class NativeDecoder:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """Decode one token per row: ``tokens`` (B,) at ``positions`` (B,) into cache ``column``."""
-        cache.key_valid[:, column] = True
+        cache.key_bias[:, column] = 0.0
         return self.logits(self._decode(tokens, positions, cache, column))
 
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
-        """The single-position forward, kept two-dimensional (B, d) so that every layer is a short,
-        fixed list of kernels: residual adds are fused into the projections, queries and
-        keys are rotated together, and attention runs per key-value head without expanding it."""
-        B, hd, H, Hkv = tokens.shape[0], self.head_dim, self.n_heads, self.n_kv
-        n_q, n_kv, end = H * hd, Hkv * hd, column + 1
+        """The single-position forward, kept to a short, fixed list of kernels per layer on (B, d)
+        activations: residual adds fused into the projections, queries, keys and values rotated in one
+        pass (the value slot passes through), key and value written by one copy, and attention run as
+        batched matmuls over (row, key/value head) pairs, the padding bias added inside the first."""
+        B, H, Hkv, hd, rep = tokens.shape[0], self.n_heads, self.n_kv, self.head_dim, self.rep
+        end = column + 1
         x = F.embedding(tokens, self.embed)  # (B, d)
-        cos = self.cos_table[positions].unsqueeze(1)  # (B, 1, hd)
-        sin = self.sin_signed_table[positions].unsqueeze(1)
-        mask = torch.zeros(B, 1, 1, end, dtype=torch.float32, device=x.device)  # additive, shared by layers
-        mask.masked_fill_(~cache.key_valid[:, None, None, :end], float("-inf"))
+        rope = self.rope_table[positions]  # (B, 2, rep + 2, hd)
+        cos, sin = rope[:, :1], rope[:, 1:]  # (B, 1, rep + 2, hd): shared by the kv heads
+        bias = cache.key_bias[:, None, :end]  # (B, 1, end), shared by the layers
+        if Hkv > 1:
+            bias = bias.repeat_interleave(Hkv, dim=0)  # (B * Hkv, 1, end): one per attention batch
+        exact_softmax = x.dtype == torch.float32
         for i, w in enumerate(self.layers):
-            qk, v = w.qk_and_v(_rms_norm(x, w.in_norm, self.eps), n_q, n_kv)
-            qk = qk.reshape(B, H + Hkv, hd)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)  # RoPE on queries and keys
-            cache.k[i][:, :, column] = qk[:, H:]
-            cache.v[i][:, :, column] = v.reshape(B, Hkv, hd)
-            q = qk[:, :H].reshape(B, Hkv, H // Hkv, hd)  # query heads grouped by their K/V head
-            scores = torch.matmul(q, cache.k[i][:, :, :end].transpose(-1, -2))  # (B, Hkv, rep, end)
-            probs = torch.softmax(torch.add(mask, scores.float(), alpha=self.scale), dim=-1).to(x.dtype)
-            o = torch.matmul(probs, cache.v[i][:, :, :end]).reshape(B, n_q)
-            x = w.o_proj.add_to(x, o)
-            x = w.down.add_to(x, w.gate_up_act(_rms_norm(x, w.post_norm, self.eps)))
-        return _rms_norm(x, self.final_norm, self.eps)
+            r = w.qkv_grouped(self._norm(x, w.in_norm))  # (B, Hkv, rep + 2, hd)
+            r = torch.addcmul(r * cos, r.roll(hd // 2, dims=-1), sin)
+            kv = cache.kv[i]
+            kv[:, :, :, column] = r[:, :, rep:].permute(2, 0, 1, 3)  # (2, B, Hkv, hd)
+            q = r[:, :, :rep].reshape(B * Hkv, rep, hd)  # a view: the query heads of each group
+            keys = kv[0, :, :, :end].reshape(B * Hkv, end, hd)  # views
+            values = kv[1, :, :, :end].reshape(B * Hkv, end, hd)
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2))  # (B * Hkv, rep, end)
+            if exact_softmax:
+                probs = torch.softmax(scores, dim=-1)
+            else:
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+            x = w.o_proj.add_to(x, torch.bmm(probs, values).view(B, H * hd))
+            x = w.down.add_to(x, w.gate_up_act(self._norm(x, w.post_norm)))
+        return self._norm(x, self.head_norm)

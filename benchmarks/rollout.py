@@ -4,7 +4,8 @@ Both sides sample at temperature 1 with no top-k or top-p filter and ignore end-
 run produces exactly ``batch * new_tokens`` tokens; each run counts the tokens it actually produced
 and stops the benchmark if the count is off. Each side is warmed up once, then timed ``--repeats``
 times, alternating which goes first so that both share the machine's noise; the median time gives
-tokens per second.
+tokens per second. The reported ratio is the median of the per-repeat ratios (each from an engine run
+and a generate run back to back), which bursts of machine noise move less than a ratio of medians.
 
     OMP_NUM_THREADS=2 python benchmarks/rollout.py   # tiny model and SmolLM2-135M, 32 prompts x 128 tokens
     python benchmarks/rollout.py --quick             # smoke run: tiny model, 4 prompts x 8 tokens, 1 repeat
@@ -39,6 +40,8 @@ from rlvr_lab.rollout.sampling import SamplingParams
 MODEL_SOURCES = {"tiny": "tiny", "smollm2": "smollm2-135m-instruct"}
 TARGETS = {"tiny": 2.0, "smollm2": 1.2}  # required engine / generate throughput ratio at the full size
 QUICK = {"batch": 4, "new_tokens": 8, "repeats": 1, "models": ["tiny"]}
+# timed runs per side when --repeats is not given: the tiny model's runs take well under a second each
+DEFAULT_REPEATS = {"tiny": 9, "smollm2": 3}
 
 
 @dataclass
@@ -202,7 +205,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     generate_once(args.seed)
     engine_runs: list[Run] = []
     generate_runs: list[Run] = []
-    for r in range(args.repeats):
+    repeats = args.repeats or DEFAULT_REPEATS[name]
+    for r in range(repeats):
         seed = args.seed + 1 + r
         if r % 2 == 0:
             engine_runs.append(engine_once(seed))
@@ -210,13 +214,13 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         else:
             generate_runs.append(generate_once(seed))
             engine_runs.append(engine_once(seed))
-        log(f"[{name}] repeat {r + 1}/{args.repeats}: engine {engine_runs[-1].seconds:.3f}s, "
+        log(f"[{name}] repeat {r + 1}/{repeats}: engine {engine_runs[-1].seconds:.3f}s, "
             f"generate {generate_runs[-1].seconds:.3f}s")
 
     engine_s = statistics.median(run.seconds for run in engine_runs)
     generate_s = statistics.median(run.seconds for run in generate_runs)
     engine_rate, generate_rate = expected / engine_s, expected / generate_s
-    ratio = engine_rate / generate_rate
+    ratio = statistics.median(g.seconds / e.seconds for e, g in zip(engine_runs, generate_runs))
     lengths = [len(p) for p in prompt_ids]
     return {
         "model": name,
@@ -225,6 +229,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         "prompt_tokens_min": min(lengths),
         "prompt_tokens_max": max(lengths),
         "new_tokens_per_run": expected,
+        "repeats": repeats,
         "engine_seconds": [run.seconds for run in engine_runs],
         "generate_seconds": [run.seconds for run in generate_runs],
         "engine_tok_s": engine_rate,
@@ -237,7 +242,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
 
 def print_report(results: list[dict], args: argparse.Namespace) -> None:
-    print(f"rollout throughput: {args.batch} prompts x {args.new_tokens} new tokens, median of {args.repeats}, "
+    repeats = "/".join(f"{r['model']} {r['repeats']}" for r in results)
+    print(f"rollout throughput: {args.batch} prompts x {args.new_tokens} new tokens, medians of runs ({repeats}), "
           f"{args.threads} thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
     header = (f"{'model':<9}{'backend':<9}{'prompt len':>12}{'engine tok/s':>14}{'generate tok/s':>16}"
               f"{'ratio':>8}{'target':>9}  verdict")
@@ -269,7 +275,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default="tiny,smollm2", help=f"comma-separated, from {sorted(MODEL_SOURCES)}")
     parser.add_argument("--batch", type=int, default=32, help="prompts per generation call")
     parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per prompt (EOS is ignored)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median is reported")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"timed runs per side (default per model: {DEFAULT_REPEATS}); medians are reported")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the sampling")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
@@ -282,7 +289,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown or not args.models:
         parser.error(f"--models: unknown or empty {unknown or args.models}; choose from {sorted(MODEL_SOURCES)}")
     for flag in ("threads", "batch", "new_tokens", "repeats"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     return args
 

@@ -279,6 +279,7 @@ class RolloutEngine:
         alive = torch.ones(B, dtype=torch.bool, device=self.device)
         positions = prompt_mask.sum(-1)  # (B,) next position of each row
         n_alive, all_alive = B, True  # host-side counts: no device sync beyond one per step
+        compacted = False  # whether finished rows were dropped from the cache (rows is then not 0..B-1)
         for step in range(T):
             live = None if all_alive else alive.nonzero().flatten()
             temps = None
@@ -288,12 +289,14 @@ class RolloutEngine:
                 temps[slice(None) if live is None else live] = temperature_fn(running).to(temps.dtype)
             tokens, logp = sample_next(logits, params, generator, temps)
             r, tok, lp = (rows, tokens, logp) if live is None else (rows[live], tokens[live], logp[live])
-            out_ids[r, step] = tok
-            out_logp[r, step] = lp
+            # until a row finishes, cache row i is output row i: plain slices write faster than indices
+            at = slice(None) if live is None and not compacted else r
+            out_ids[at, step] = tok
+            out_logp[at, step] = lp
             if out_ent is not None:
                 ent = tempered_entropy(logits, params, temps)
-                out_ent[r, step] = ent if live is None else ent[live]
-            out_valid[r, step] = True
+                out_ent[at, step] = ent if live is None else ent[live]
+            out_valid[at, step] = True
             done = stopper.done(tok, out_ids, r, step)
             n_done = int(done.sum())
             if n_done:
@@ -309,6 +312,7 @@ class RolloutEngine:
                 keep = alive.nonzero().flatten()
                 cache.select(keep)
                 rows, tokens, positions = rows[keep], tokens[keep], positions[keep]
+                compacted = True
                 alive = torch.ones(n_alive, dtype=torch.bool, device=self.device)
                 all_alive = True
             logits = self.decoder.step(tokens, positions, cache, Lp + step)

@@ -56,6 +56,14 @@ class KVCache:
         self.kv = [self._rows_of(kv, rows) for kv in self.kv]
         self.key_bias = self.key_bias.index_select(0, rows)
 
+    def keys_values(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``(B * n_kv, end, head_dim)`` of a layer's keys and values in columns ``:end``, one
+        batch entry per (row, key/value head), built directly (a third of the time of index + reshape)."""
+        kv = self.kv[layer]
+        _, batch, n_kv, max_len, head_dim = kv.shape
+        size, stride, offset = (batch * n_kv, end, head_dim), (max_len * head_dim, head_dim, 1), kv.storage_offset()
+        return kv.as_strided(size, stride, offset), kv.as_strided(size, stride, offset + kv[0].numel())
+
     @staticmethod
     def _rows_of(kv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # plane by plane: index_select along a leading dimension copies whole rows, several times
@@ -349,11 +357,9 @@ class NativeDecoder:
         for i, w in enumerate(self.layers):
             r = w.qkv_grouped(self._norm(x, w.in_norm))  # (B, Hkv, rep + 2, hd)
             r = torch.addcmul(r * cos, r.roll(hd // 2, dims=-1), sin)
-            kv = cache.kv[i]
-            kv[:, :, :, column] = r[:, :, rep:].permute(2, 0, 1, 3)  # (2, B, Hkv, hd)
+            cache.kv[i][:, :, :, column] = r[:, :, rep:].permute(2, 0, 1, 3)  # (2, B, Hkv, hd)
             q = r[:, :, :rep].reshape(B * Hkv, rep, hd)  # a view: the query heads of each group
-            keys = kv[0, :, :, :end].reshape(B * Hkv, end, hd)  # views
-            values = kv[1, :, :, :end].reshape(B * Hkv, end, hd)
+            keys, values = cache.keys_values(i, end)
             scores = torch.baddbmm(bias, q, keys.transpose(1, 2))  # (B * Hkv, rep, end)
             if exact_softmax:
                 probs = torch.softmax(scores, dim=-1)

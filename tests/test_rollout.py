@@ -474,10 +474,11 @@ def reference_and_native_logits(model, tokenizer, prompts, n_steps: int = 3, **l
 
 PACKING = weight_packing_supported(torch.float32, torch.device("cpu"))
 LAYOUTS = [
-    {"fuse": False, "fold_norms": False, "pack_weights": False},
-    {"fuse": True, "fold_norms": False, "pack_weights": False},
-    {"fuse": True, "fold_norms": True, "pack_weights": False},
-    pytest.param({"fuse": True, "fold_norms": True, "pack_weights": True},
+    {"fuse": False, "fold_norms": False, "pack_weights": False, "complex_rope": False},
+    {"fuse": True, "fold_norms": False, "pack_weights": False, "complex_rope": False},
+    {"fuse": True, "fold_norms": False, "pack_weights": False, "complex_rope": True},
+    {"fuse": True, "fold_norms": True, "pack_weights": False, "complex_rope": True},
+    pytest.param({"fuse": True, "fold_norms": True, "pack_weights": True, "complex_rope": True},
                  marks=pytest.mark.skipif(not PACKING, reason="no oneDNN on this CPU")),
 ]
 
@@ -486,8 +487,9 @@ LAYOUTS = [
 @pytest.mark.parametrize("arch", ["llama", "qwen2-bias"])
 def test_every_weight_layout_gives_the_models_own_logits(sharp_model, tokenizer, prompts, arch, layout,
                                                          monkeypatch):
-    """Fused, norm-folded and oneDNN-packed weights change how the decoder computes, not what: its
-    prefill and decode logits match the model's own forward, for GQA with and without q/k/v biases."""
+    """Fused, norm-folded, oneDNN-packed and RoPE-interleaved weights change how the decoder computes,
+    not what: its prefill and decode logits match the model's own forward, for GQA with and without
+    q/k/v biases."""
     monkeypatch.setattr(native_module, "PACK_MIN_NUMEL", 0)  # pack even these small weights
     model = sharp_model if arch == "llama" else qwen2_with_biases(tokenizer)
     ref, native, dec = reference_and_native_logits(model, tokenizer, prompts, **layout)
@@ -495,6 +497,7 @@ def test_every_weight_layout_gives_the_models_own_logits(sharp_model, tokenizer,
     torch.testing.assert_close(native, ref, atol=1e-4, rtol=1e-4)
     first = dec.layers[0]
     assert (first.in_norm is None) == layout["fold_norms"] and first.fused == layout["fuse"]
+    assert first.interleave == layout["complex_rope"] and dec.rope_table.is_complex() == layout["complex_rope"]
     if layout["fuse"]:
         assert (first.qkv.packed is not None) == layout["pack_weights"]
 
@@ -503,9 +506,12 @@ def test_bfloat16_decoder_tracks_the_models_own_bfloat16_logits(tokenizer, promp
     model = build_tiny_model(SHARP, tokenizer, seed=0).to(torch.bfloat16)
     ref, native, dec = reference_and_native_logits(model, tokenizer, prompts)
     assert dec.layers[0].in_norm is not None  # bf16 keeps the float32 norm with its weight
+    assert not dec.rope_table.is_complex()  # no bfloat16 complex type: the real rotation
     assert (native - ref).abs().max() < 0.05 * ref.abs().max()
 
 
-def test_fold_norms_needs_fused_weights(model):
+def test_fold_norms_and_complex_rope_need_fused_weights(model):
     with pytest.raises(ValueError, match="fold_norms needs fuse"):
         NativeDecoder(model, fuse=False, fold_norms=True)
+    with pytest.raises(ValueError, match="complex_rope needs fuse"):
+        NativeDecoder(model, fuse=False, complex_rope=True)

@@ -43,13 +43,14 @@ def _unit_rms_norm(x: torch.Tensor, root_d_eps: torch.Tensor) -> torch.Tensor:
 
 class KVCache:
     """Per layer one buffer ``(2, B, n_kv_heads, L_max, head_dim)`` (keys, then values), so that one copy
-    writes both, plus which key slots are real as an additive attention bias ``(B, L_max)``: 0 for a
-    real key, -inf for padding and for slots not written yet."""
+    writes both, plus which key slots are real as an additive attention bias ``(B, n_kv_heads, L_max)``:
+    0 for a real key, -inf for padding and for slots not written yet. The bias is repeated per key/value
+    head so that a view of it, ``(B * n_kv_heads, 1, end)``, serves the batched attention matmuls."""
 
     def __init__(self, n_layers: int, batch: int, n_kv: int, max_len: int, head_dim: int, dtype, device):
         shape = (2, batch, n_kv, max_len, head_dim)
         self.kv = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.key_bias = torch.full((batch, max_len), float("-inf"), dtype=dtype, device=device)
+        self.key_bias = torch.full((batch, n_kv, max_len), float("-inf"), dtype=dtype, device=device)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep ``rows`` (drop finished sequences so later steps do less work; a repeated row is copied)."""
@@ -63,6 +64,10 @@ class KVCache:
         _, batch, n_kv, max_len, head_dim = kv.shape
         size, stride, offset = (batch * n_kv, end, head_dim), (max_len * head_dim, head_dim, 1), kv.storage_offset()
         return kv.as_strided(size, stride, offset), kv.as_strided(size, stride, offset + kv[0].numel())
+
+    def attention_bias(self, end: int) -> torch.Tensor:
+        """``(B * n_kv, 1, end)``: the key bias of columns ``:end``, one row per attention batch entry (a view)."""
+        return self.key_bias[:, :, None, :end].flatten(0, 1)
 
     @staticmethod
     def _rows_of(kv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -97,8 +102,8 @@ PACK_MIN_NUMEL = 1 << 18
 class _Linear:
     """``x W^T + b``, optionally plus a residual, for one generation.
 
-    With ``pack_rows`` set, the weight is copied once into oneDNN's blocked layout, tuned for about
-    that many input rows; its matmuls then skip the per-call repacking of the plain kernel (measured
+    With ``pack_rows`` set and a weight of at least ``PACK_MIN_NUMEL`` elements, the weight is copied
+    once into oneDNN's blocked layout, tuned for about that many input rows; its matmuls then skip the per-call repacking of the plain kernel (measured
     on a 2-core CPU at 32 rows: SmolLM2's 576x3072 MLP projection 955 -> 519 us, its 49k-row vocabulary
     projection 23.8 -> 10.1 ms). Without it, the plain weight is used as is (a view, no copy).
     """
@@ -110,10 +115,15 @@ class _Linear:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, pack_rows) if pack_rows else None
         # once packed, the plain weight (a fused copy, for q/k/v and gate/up) is not kept alive
         self.weight = None if self.packed is not None else weight
+        # (in, out) view: a decode step's 2-D input goes straight to mm/addmm (F.linear goes through
+        # matmul and transposes the weight on every call)
+        self.weight_t = None if self.weight is None else weight.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if x.dim() == 2:
+            return torch.mm(x, self.weight_t) if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
         return F.linear(x, self.weight, self.bias)
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +131,8 @@ class _Linear:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
         if self.bias is None and x.dim() == 2:
-            return torch.addmm(residual, x, self.weight.t())
-        return residual + F.linear(x, self.weight, self.bias)
+            return torch.addmm(residual, x, self.weight_t)
+        return residual + self(x)
 
 
 def _bias_or_zeros(proj) -> torch.Tensor:
@@ -138,7 +148,11 @@ class _LayerWeights:
     queries of all groups as one batch of attention matmuls and each position's key and value as one
     copy into the cache. gate/up become one matmul as well. With ``fold_norms`` the two RMSNorm
     weights, times sqrt(d), are folded into the input columns of the projections that follow them
-    (exact up to rounding: see :func:`_unit_rms_norm`).
+    (exact up to rounding: see :func:`_unit_rms_norm`). With ``interleave`` (needs ``fuse``) the output
+    dimensions of each query and key head are reordered so that the two halves RoPE rotates together,
+    ``i`` and ``i + head_dim/2``, sit side by side: the rotation is then one complex multiplication
+    (see :meth:`NativeDecoder._rope_table`). Attention scores are dot products of a query and a key
+    under the same reordering, so they do not change; values keep their order.
 
     Fusing and folding copy the weights, so they are done once per ``generate`` call (the policy
     changes between calls). Unfused, the model's own projections are used as they are.
@@ -146,9 +160,12 @@ class _LayerWeights:
     """
 
     def __init__(self, layer, n_kv: int, rep: int, head_dim: int, *, fuse: bool, fold_norms: bool,
-                 pack_rows: int | None):
+                 pack_rows: int | None, interleave: bool = False):
         attn, mlp = layer.self_attn, layer.mlp
         self.n_kv, self.rep, self.head_dim = n_kv, rep, head_dim
+        if interleave and not fuse:
+            raise ValueError("interleave needs fuse: the reordering is applied to the fused weight copy")
+        self.interleave = interleave
         self.scale = head_dim**-0.5
         in_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         fold = fuse and fold_norms
@@ -180,6 +197,10 @@ class _LayerWeights:
         q = q.reshape(self.n_kv, self.rep, self.head_dim, *tail)
         k = k.reshape(self.n_kv, 1, self.head_dim, *tail)
         v = v.reshape(self.n_kv, 1, self.head_dim, *tail)
+        if self.interleave:  # dims 0, hd/2, 1, hd/2 + 1, ...: each rotated pair side by side
+            half = torch.arange(self.head_dim // 2, device=q.device)
+            order = torch.stack([half, half + self.head_dim // 2], dim=-1).flatten()
+            q, k = q[:, :, order], k[:, :, order]
         return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
 
     def qkv_grouped(self, h: torch.Tensor) -> torch.Tensor:
@@ -209,7 +230,7 @@ class NativeDecoder:
     """Prefill and single-token decode steps over a :class:`KVCache` for a Llama-family model."""
 
     def __init__(self, model, *, fuse: bool | None = None, fold_norms: bool | None = None,
-                 pack_weights: bool | None = None):
+                 pack_weights: bool | None = None, complex_rope: bool | None = None):
         """Weight layouts, each redone on every ``new_cache`` (the policy changes between generations):
 
         - ``fuse``: one matmul for q/k/v and one for gate/up (copies the weights); ``None`` fuses
@@ -217,8 +238,12 @@ class NativeDecoder:
         - ``fold_norms``: fold the RMSNorm weights into the fused projections and the output head;
           ``None`` folds in float32 (in bf16 the norm is kept in float32, as transformers does).
           Needs ``fuse``.
-        - ``pack_weights``: lay the weights out for oneDNN's CPU matmul (see :class:`_Linear`);
-          ``None`` packs where that is supported and the projections are fused.
+        - ``pack_weights``: lay the weights out for oneDNN's CPU matmul (see :class:`_Linear`), those
+          of at least ``PACK_MIN_NUMEL`` elements; ``None`` packs where that is supported and the
+          projections are fused.
+        - ``complex_rope``: rotate queries and keys by one complex multiplication, their head
+          dimensions interleaved in the fused weights (see :class:`_LayerWeights`); ``None`` does so
+          for float32 and float64 weights (torch has no bfloat16 complex type). Needs ``fuse``.
         """
         if not native_supported(model):
             raise ValueError(f"model type {model.config.model_type!r} is not supported by the native decoder")
@@ -247,6 +272,10 @@ class NativeDecoder:
             raise ValueError(f"weight packing needs a CPU with oneDNN and fp32/bf16 weights, "
                              f"got {self.embed.dtype} on {self.embed.device}")
         self.pack = supported and fuse if pack_weights is None else pack_weights
+        if complex_rope and not fuse:
+            raise ValueError("complex_rope needs fuse: the head dimensions are reordered in the fused weights")
+        complex_dtypes = (torch.float32, torch.float64)
+        self.complex_rope = fuse and self.embed.dtype in complex_dtypes if complex_rope is None else complex_rope
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Buffers for one generation, plus a snapshot of the layer weights and a RoPE table."""
@@ -254,7 +283,7 @@ class NativeDecoder:
             pack_rows = batch if self.pack else None
             self.layers = [
                 _LayerWeights(layer, self.n_kv, self.rep, self.head_dim, fuse=self.fuse,
-                              fold_norms=self.fold_norms, pack_rows=pack_rows)
+                              fold_norms=self.fold_norms, pack_rows=pack_rows, interleave=self.complex_rope)
                 for layer in self.model.model.layers
             ]
             head = self.lm_head.weight
@@ -266,12 +295,21 @@ class NativeDecoder:
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
 
     def _rope_table(self, max_len: int) -> torch.Tensor:
-        """(L_max, 2, rep + 2, head_dim): per position, the factors of ``x * cos + roll(x) * sin`` for the
-        slots of a key/value-head group (:meth:`_LayerWeights.qkv_grouped`): queries and key rotated,
-        the value slot passed through (cos 1, sin 0). ``rotate_half(x) * sin == roll(x, hd/2) * sin'``
-        with ``sin'`` the sine with its first half negated."""
+        """Per position, the RoPE factors (arXiv 2104.09864, eq. 34) for the slots of a key/value-head
+        group (:meth:`_LayerWeights.qkv_grouped`): queries and key rotated, the value slot passed through.
+
+        Complex (``complex_rope``): (L_max, rep + 2, head_dim/2) of ``scale * exp(i * pos * freq)``,
+        value slot 1, to multiply the interleaved pairs ``x[i] + i * x[i + hd/2]``. Real: (L_max, 2,
+        rep + 2, head_dim) of cos and sin for ``x * cos + roll(x, hd/2) * sin'`` (value slot cos 1,
+        sin 0), where ``sin'`` is the sine with its first half negated, so that
+        ``rotate_half(x) * sin == roll(x, hd/2) * sin'``."""
         pos = torch.arange(max_len, device=self.embed.device, dtype=torch.float32)
         freqs = pos.unsqueeze(-1) * self.inv_freq.to(pos.device)  # (L_max, hd/2)
+        if self.complex_rope:
+            rotation = torch.polar(torch.full_like(freqs, self.rope_scale), freqs)  # (L_max, hd/2)
+            table = torch.ones(max_len, self.rep + 2, self.head_dim // 2, dtype=rotation.dtype, device=pos.device)
+            table[:, :-1] = rotation.unsqueeze(1)
+            return table.to(torch.complex128 if self.embed.dtype == torch.float64 else torch.complex64)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale  # (L_max, hd)
         half = self.head_dim // 2
@@ -281,29 +319,51 @@ class NativeDecoder:
         table[:, 1, :-1] = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).unsqueeze(1)
         return table.to(self.embed.dtype)
 
+    def _rope_factors(self, positions: torch.Tensor):
+        """The table rows of ``positions`` (any shape P), shaped to broadcast against grouped q/k/v
+        (*P, n_kv, rep + 2, head_dim): complex (*P, 1, rep + 2, hd/2), or real (cos, sin) each
+        (*P, 1, rep + 2, hd)."""
+        rows = self.rope_table.index_select(0, positions.flatten())
+        if self.complex_rope:
+            return rows.view(*positions.shape, 1, *rows.shape[1:])
+        rows = rows.view(*positions.shape, *rows.shape[1:])
+        return rows.narrow(-3, 0, 1), rows.narrow(-3, 1, 1)
+
+    def _rotate(self, r: torch.Tensor, factors) -> torch.Tensor:
+        """RoPE on grouped q/k/v ``r`` (..., n_kv, rep + 2, head_dim), value slot unchanged."""
+        if self.complex_rope:  # one kernel: pairs (2i, 2i + 1) times exp(i * pos * freq_i)
+            pairs = torch.view_as_complex(r.unflatten(-1, (self.head_dim // 2, 2)))
+            return torch.view_as_real(pairs * factors).flatten(-2)
+        cos, sin = factors
+        return torch.addcmul(r * cos, r.roll(self.head_dim // 2, dims=-1), sin)
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         """RMSNorm, or (``weight`` None, folded into the next projection) the unit-scale one."""
         return _unit_rms_norm(x, self.root_d_eps) if weight is None else _rms_norm(x, weight, self.eps)
 
     def _forward(self, ids, positions, cache: KVCache, start: int, attn_mask, rows) -> torch.Tensor:
         """Run all layers on ``ids`` (B, L) written at cache ``rows``, columns ``start:start+L``; returns
-        the final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, L)."""
+        the final-norm hidden state of the last position (B, d). ``attn_mask`` is (B, 1, L, L).
+
+        The last layer's keys and values are needed at every position, the rest of it (attention
+        output, o_proj, MLP) only at the last one, whose logits are returned: it runs on that one."""
         B, L = ids.shape
         H, hd, rep = self.n_heads, self.head_dim, self.rep
         x = F.embedding(ids, self.embed)  # (B, L, d)
-        rope = self.rope_table[positions]  # (B, L, 2, rep + 2, hd)
-        cos, sin = rope[:, :, :1], rope[:, :, 1:]  # (B, L, 1, rep + 2, hd): shared by the kv heads
+        rope = self._rope_factors(positions)  # shared by the kv heads
         end = start + L
+        last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
-            r = w.qkv_grouped(self._norm(x, w.in_norm))  # (B, L, Hkv, rep + 2, hd)
-            r = torch.addcmul(r * cos, r.roll(hd // 2, dims=-1), sin)
+            r = self._rotate(w.qkv_grouped(self._norm(x, w.in_norm)), rope)  # (B, L, Hkv, rep + 2, hd)
             cache.kv[i][:, rows, :, start:end] = r[:, :, :, rep:].permute(3, 0, 2, 1, 4)  # (2, B, Hkv, L, hd)
-            q = r[:, :, :, :rep].reshape(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd), pre-scaled
             k, v = r[:, :, :, rep].transpose(1, 2), r[:, :, :, rep + 1].transpose(1, 2)  # (B, Hkv, L, hd)
+            if i == last:  # from here on only the last position
+                r, x, attn_mask = r[:, -1:], x[:, -1:], attn_mask[:, :, -1:]
+            q = r[:, :, :, :rep].reshape(B, -1, H, hd).transpose(1, 2)  # (B, H, L or 1, hd), pre-scaled
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, scale=1.0, enable_gqa=self.n_kv != H
-            )  # (B, H, L, hd): a prompt attends to itself only
-            x = w.o_proj.add_to(x, o.transpose(1, 2).reshape(B, L, H * hd))
+            )  # (B, H, L or 1, hd): a prompt attends to itself only
+            x = w.o_proj.add_to(x, o.transpose(1, 2).reshape(B, -1, H * hd))
             x = w.down.add_to(x, w.gate_up_act(self._norm(x, w.post_norm)))
         return self._norm(x[:, -1], self.head_norm)
 
@@ -322,8 +382,8 @@ class NativeDecoder:
         """
         n, L = prompt_ids.shape
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp_min(0)  # (n, L)
-        cache.key_bias[rows, :start] = float("-inf")
-        cache.key_bias[rows, start : start + L] = torch.where(prompt_mask, 0.0, float("-inf"))
+        cache.key_bias[rows, :, :start] = float("-inf")
+        cache.key_bias[rows, :, start : start + L] = torch.where(prompt_mask, 0.0, float("-inf")).unsqueeze(1)
         if start:  # never-written slots would feed garbage (possibly NaN) into the masked scores
             for kv in cache.kv:
                 kv[:, rows, :, :start] = 0
@@ -337,7 +397,7 @@ class NativeDecoder:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """Decode one token per row: ``tokens`` (B,) at ``positions`` (B,) into cache ``column``."""
-        cache.key_bias[:, column] = 0.0
+        cache.key_bias[:, :, column] = 0.0
         return self.logits(self._decode(tokens, positions, cache, column))
 
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
@@ -348,15 +408,11 @@ class NativeDecoder:
         B, H, Hkv, hd, rep = tokens.shape[0], self.n_heads, self.n_kv, self.head_dim, self.rep
         end = column + 1
         x = F.embedding(tokens, self.embed)  # (B, d)
-        rope = self.rope_table[positions]  # (B, 2, rep + 2, hd)
-        cos, sin = rope[:, :1], rope[:, 1:]  # (B, 1, rep + 2, hd): shared by the kv heads
-        bias = cache.key_bias[:, None, :end]  # (B, 1, end), shared by the layers
-        if Hkv > 1:
-            bias = bias.repeat_interleave(Hkv, dim=0)  # (B * Hkv, 1, end): one per attention batch
+        rope = self._rope_factors(positions)  # shared by the kv heads
+        bias = cache.attention_bias(end)  # (B * Hkv, 1, end), shared by the layers
         exact_softmax = x.dtype == torch.float32
         for i, w in enumerate(self.layers):
-            r = w.qkv_grouped(self._norm(x, w.in_norm))  # (B, Hkv, rep + 2, hd)
-            r = torch.addcmul(r * cos, r.roll(hd // 2, dims=-1), sin)
+            r = self._rotate(w.qkv_grouped(self._norm(x, w.in_norm)), rope)  # (B, Hkv, rep + 2, hd)
             cache.kv[i][:, :, :, column] = r[:, :, rep:].permute(2, 0, 1, 3)  # (2, B, Hkv, hd)
             q = r[:, :, :rep].reshape(B * Hkv, rep, hd)  # a view: the query heads of each group
             keys, values = cache.keys_values(i, end)

@@ -515,3 +515,29 @@ def test_fold_norms_and_complex_rope_need_fused_weights(model):
         NativeDecoder(model, fuse=False, fold_norms=True)
     with pytest.raises(ValueError, match="complex_rope needs fuse"):
         NativeDecoder(model, fuse=False, complex_rope=True)
+
+
+def test_native_decoder_keeps_no_weight_snapshot_between_generations(model, tokenizer, prompts):
+    """The fused/folded weight copies live for one generate call only, also when it ends by an error."""
+    engine = RolloutEngine(model, tokenizer, backend="native")
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    snapshots = []
+    real_new_cache = engine.decoder.new_cache
+
+    def recording_new_cache(batch, max_len):
+        cache = real_new_cache(batch, max_len)
+        snapshots.append(engine.decoder.layers)
+        return cache
+
+    engine.decoder.new_cache = recording_new_cache
+    engine.generate(prompts, params, seed=0)
+    assert snapshots[-1] and snapshots[-1][0].qkv is not None  # the call did build its snapshot
+    assert engine.decoder.layers == [] and engine.decoder.head is None and engine.decoder.rope_table is None
+
+    def failing(row, ids):
+        raise RuntimeError("tool crashed")
+
+    engine.eos_ids = list(range(len(tokenizer)))  # every row stops at once, so on_finish runs
+    with pytest.raises(RuntimeError, match="tool crashed"):
+        engine.generate(prompts, params, seed=0, on_finish=failing)
+    assert len(snapshots) == 2 and engine.decoder.layers == [] and engine.decoder.head is None

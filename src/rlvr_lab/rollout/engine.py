@@ -72,6 +72,9 @@ class HFDecoder:
     def new_cache(self, batch: int, max_len: int) -> _HFCache:
         return _HFCache(batch, max_len, self.model.device)
 
+    def release(self) -> None:
+        """Nothing to drop: this path keeps no state between generations."""
+
     def _logits(self, ids, positions, cache: _HFCache, end: int) -> torch.Tensor:
         out = self.model(
             input_ids=ids,
@@ -259,6 +262,13 @@ class RolloutEngine:
         """
         if temperature_fn is not None and params.greedy:
             raise ValueError("an adaptive temperature needs sampling (temperature > 0), not greedy decoding")
+        try:
+            return self._generate(prompts, params, seed, temperature_fn, on_finish)
+        finally:  # the decoder's per-call weight snapshot is not kept between calls
+            self.decoder.release()
+
+    def _generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, seed: int,
+                  temperature_fn: TemperatureFn | None, on_finish: FinishFn | None) -> Generation:
         prompt_ids, prompt_mask = self.left_pad(prompts)
         B, Lp = prompt_ids.shape
         T = params.max_new_tokens

@@ -276,6 +276,7 @@ class NativeDecoder:
             raise ValueError("complex_rope needs fuse: the head dimensions are reordered in the fused weights")
         complex_dtypes = (torch.float32, torch.float64)
         self.complex_rope = fuse and self.embed.dtype in complex_dtypes if complex_rope is None else complex_rope
+        self.release()  # no generation yet: new_cache builds the weight snapshot
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """Buffers for one generation, plus a snapshot of the layer weights and a RoPE table."""
@@ -293,6 +294,11 @@ class NativeDecoder:
             self.head = _Linear(head, self.lm_head.bias, pack_rows)
             self.rope_table = self._rope_table(max_len)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.embed.dtype, self.embed.device)
+
+    def release(self) -> None:
+        """Drop the weight snapshot and RoPE table of the last :meth:`new_cache` (fused and folded copies
+        are as large as the model's own weights), so that nothing is held between generations."""
+        self.layers, self.head, self.head_norm, self.rope_table = [], None, None, None
 
     def _rope_table(self, max_len: int) -> torch.Tensor:
         """Per position, the RoPE factors (arXiv 2104.09864, eq. 34) for the slots of a key/value-head

@@ -103,9 +103,9 @@ class _Linear:
     """``x W^T + b``, optionally plus a residual, for one generation.
 
     With ``pack_rows`` set and a weight of at least ``PACK_MIN_NUMEL`` elements, the weight is copied
-    once into oneDNN's blocked layout, tuned for about that many input rows; its matmuls then skip the per-call repacking of the plain kernel (measured
-    on a 2-core CPU at 32 rows: SmolLM2's 576x3072 MLP projection 955 -> 519 us, its 49k-row vocabulary
-    projection 23.8 -> 10.1 ms). Without it, the plain weight is used as is (a view, no copy).
+    once into oneDNN's blocked layout, tuned for about that many input rows; its matmuls then skip the
+    per-call repacking of the plain kernel (measured on a 2-core CPU at 32 rows: SmolLM2's 576x3072 MLP
+    projection 955 -> 519 us, its 49k-row vocabulary projection 23.8 -> 10.1 ms). Without it, the plain weight is used as is (a view, no copy).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack_rows: int | None):
@@ -148,7 +148,7 @@ class _LayerWeights:
     queries of all groups as one batch of attention matmuls and each position's key and value as one
     copy into the cache. gate/up become one matmul as well. With ``fold_norms`` the two RMSNorm
     weights, times sqrt(d), are folded into the input columns of the projections that follow them
-    (exact up to rounding: see :func:`_unit_rms_norm`). With ``interleave`` (needs ``fuse``) the output
+    (exact up to rounding: see :func:`_unit_rms_norm`). With ``interleave`` (used with ``fuse``) the output
     dimensions of each query and key head are reordered so that the two halves RoPE rotates together,
     ``i`` and ``i + head_dim/2``, sit side by side: the rotation is then one complex multiplication
     (see :meth:`NativeDecoder._rope_table`). Attention scores are dot products of a query and a key
@@ -163,9 +163,7 @@ class _LayerWeights:
                  pack_rows: int | None, interleave: bool = False):
         attn, mlp = layer.self_attn, layer.mlp
         self.n_kv, self.rep, self.head_dim = n_kv, rep, head_dim
-        if interleave and not fuse:
-            raise ValueError("interleave needs fuse: the reordering is applied to the fused weight copy")
-        self.interleave = interleave
+        self.interleave = interleave  # NativeDecoder allows it only with fuse (complex_rope)
         self.scale = head_dim**-0.5
         in_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         fold = fuse and fold_norms

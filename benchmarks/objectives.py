@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from rlvr_lab.config import load_config
+from rlvr_lab.presets import preset_names
 from rlvr_lab.train.loop import Trainer
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 
@@ -35,7 +36,7 @@ SKIP = {"demo", "grpo", "llds_ma", "div_prec_precision", "div_prec_tail"}  # bas
 
 
 def make_trainer(preset: str | None, overrides: list[str]) -> Trainer:
-    presets = [CONFIGS / f"{preset}.yaml"] if preset else []
+    presets = [preset] if preset else []
     trainer = Trainer(load_config(CONFIGS / "demo.yaml", presets=presets, overrides=overrides))
     trainer.setup()
     trainer.freeze_reference()
@@ -73,16 +74,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--minibatches", type=int, default=2)
-    ap.add_argument("--presets", default="", help="comma-separated preset names (default: all in configs/)")
+    ap.add_argument("--presets", default="", help="comma-separated preset names (default: all packaged presets)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.group_size, args.repeats = 4, 4, 1
         args.presets = args.presets or "lp_reg,llds,thr"
     torch.set_num_threads(args.threads)
-    names = args.presets.split(",") if args.presets else sorted(
-        p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in SKIP and not p.stem.startswith("search_")
-    )
+    names = args.presets.split(",") if args.presets else [p for p in preset_names() if p not in SKIP]
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
             f"run.output_dir={tmp}", "run.overwrite=true", f"run.threads={args.threads}", "sft.steps=0",

@@ -22,17 +22,17 @@ def test_demo_config_and_presets_validate():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.algorithm.policy_loss.name == "ppo_clip"
     for preset in ("grpo", "dr_grpo", "dapo", "gspo"):
-        merged = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / f"{preset}.yaml"])
+        merged = load_config(CONFIGS / "demo.yaml", presets=[preset])
         assert merged.model.source == "tiny"
 
 
 def test_presets_set_their_published_defaults():
-    dapo = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "dapo.yaml"]).algorithm
+    dapo = load_config(CONFIGS / "demo.yaml", presets=["dapo"]).algorithm
     assert (dapo.policy_loss.params["clip_low"], dapo.policy_loss.params["clip_high"]) == (0.2, 0.28)
     assert dapo.dynamic_sampling.enabled and dapo.aggregation == "token-mean"
-    dr = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "dr_grpo.yaml"]).algorithm
+    dr = load_config(CONFIGS / "demo.yaml", presets=["dr_grpo"]).algorithm
     assert dr.advantage.name == "dr_grpo" and dr.aggregation == "seq-mean-token-sum-norm"
-    gspo = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "gspo.yaml"]).algorithm
+    gspo = load_config(CONFIGS / "demo.yaml", presets=["gspo"]).algorithm
     assert gspo.policy_loss.name == "gspo" and gspo.effective_aggregation == "seq-mean-token-mean"
 
 

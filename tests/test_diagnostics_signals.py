@@ -103,9 +103,27 @@ def test_response_likelihood_is_the_before_half_of_displacement():
     full = likelihood_displacement(old, new, mask, correct, adv)
     assert every_step == {k: full[k] for k in every_step}
     assert every_step["lld/correct_logp_before"] == pytest.approx(-4.5)
-    assert set(every_step) == {"lld/correct_logp_before", "lld/incorrect_logp_before", "lld/num_correct", "lld/num_incorrect"}
+    # Per token, pooled over the correct rows 0 and 2: (-6 - 3) / 6 tokens; incorrect row 1: -1 / 2 tokens.
+    assert every_step["lld/correct_logp_per_token"] == pytest.approx(-1.5)
+    assert every_step["lld/incorrect_logp_per_token"] == pytest.approx(-0.5)
+    assert set(every_step) == {"lld/correct_logp_before", "lld/incorrect_logp_before", "lld/correct_logp_per_token",
+                               "lld/incorrect_logp_per_token", "lld/num_correct", "lld/num_incorrect"}
     no_correct = response_likelihood(old, mask, torch.zeros(3, dtype=torch.bool))
-    assert "lld/correct_logp_before" not in no_correct and no_correct["lld/num_correct"] == 0.0
+    assert "lld/correct_logp_before" not in no_correct and "lld/correct_logp_per_token" not in no_correct
+    assert no_correct["lld/num_correct"] == 0.0
+
+
+def test_per_token_likelihood_is_not_confounded_by_length():
+    # Same token log-prob (-0.5) in both batches; the second batch's correct responses are twice as long.
+    short = torch.tensor([[-0.5, -0.5, 0.0, 0.0], [-0.5, -0.5, 0.0, 0.0]])
+    long = torch.full((2, 4), -0.5)
+    short_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    long_mask = torch.ones(2, 4, dtype=torch.bool)
+    correct = torch.tensor([True, True])
+    a = response_likelihood(short, short_mask, correct)
+    b = response_likelihood(long, long_mask, correct)
+    assert b["lld/correct_logp_before"] == pytest.approx(2 * a["lld/correct_logp_before"])  # the sum doubles
+    assert a["lld/correct_logp_per_token"] == pytest.approx(b["lld/correct_logp_per_token"]) == pytest.approx(-0.5)
 
 
 def test_kl_to_reference_k3_hand_computed():
@@ -132,6 +150,9 @@ def test_probe_drift_hand_computed():
     assert m["probe/incorrect_logp"] == pytest.approx(-3.0)
     assert m["probe/incorrect_logp_delta"] == pytest.approx(-1.0)
     assert m["probe/frac_correct_fell"] == pytest.approx(0.5)
+    # Per token now: correct rows (-1 - 1 - 2 - 3) / 4 tokens; incorrect row 1: -3 / 1 token (the 0 is masked).
+    assert m["probe/correct_logp_per_token"] == pytest.approx(-1.75)
+    assert m["probe/incorrect_logp_per_token"] == pytest.approx(-3.0)
     # KL(ref||now) with samples from ref: log r = now - ref on the 5 masked tokens = (0, 1, -1, 0, -1).
     k3 = [math.exp(x) - 1 - x for x in (0.0, 1.0, -1.0, 0.0, -1.0)]
     assert m["probe/kl_ref"] == pytest.approx(sum(k3) / 5)

@@ -26,7 +26,7 @@ def run(tmp_path, monkeypatch, preset: str, steps: int):
     monkeypatch.setattr("rlvr_lab.train.environment.task_rubric", lambda verifier, format_weight: seven_first)
     cfg = load_config(
         CONFIGS / "demo.yaml",
-        presets=[CONFIGS / f"{preset}.yaml"],
+        presets=[preset],
         overrides=[
             f"run.output_dir={tmp_path}",
             "run.threads=2",

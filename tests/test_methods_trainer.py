@@ -11,6 +11,7 @@ import pytest
 from batches import toy_batch as shared_toy_batch
 import torch
 
+from rlvr_lab.presets import preset_names
 from rlvr_lab.config import ConfigError, load_config
 from rlvr_lab.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, render_prompt
 from rlvr_lab.objectives.hapo import entropy_stats, hapo_temperature, logits_entropy
@@ -48,11 +49,10 @@ NAMESPACES = {
     "clip_cov": "clip_cov/", "kl_cov": "kl_cov/", "dapo": "dapo/", "dr_grpo": "grpo/", "grpo": "grpo/",
     "grpo_n": "grpo_n/", "gspo": "grpo/", "hapo": "hapo/", "llds": "llds/", "lp_reg": "lp_reg/",
     "nsr": "psr_nsr/", "psr": "psr_nsr/", "w_reinforce": "psr_nsr/", "nthr": "nthr/", "thr": "thr/",
-    "passk": "passk/", "pkpo": "passk/", "spear": "spear/",
+    "passk": "passk/", "pkpo": "passk/", "passk_surrogate": "passk/", "hapo_tlga": "grpo/", "spear": "spear/",
     "div_prec_precision": "div_prec/", "div_prec_tail": "div_prec/",
 }
-RUN_CONFIGS = ("demo", "search_")  # whole runs, not presets merged over one
-PRESETS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith(RUN_CONFIGS))
+PRESETS = preset_names()
 
 
 def parity_reward(text: str, example) -> Score:
@@ -67,7 +67,7 @@ def mixed_rewards(monkeypatch):
 
 
 def preset_config(tmp_path, preset, *extra):
-    return load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / f"{preset}.yaml"],
+    return load_config(CONFIGS / "demo.yaml", presets=[preset],
                        overrides=FAST + [f"run.output_dir={tmp_path}", *extra])
 
 
@@ -123,14 +123,16 @@ def test_method_specific_inputs_reach_the_objectives(tmp_path, mixed_rewards):
 # ---- LLDS ---------------------------------------------------------------------------------------
 
 
-def test_llds_identically_zero_warns_at_startup(tmp_path):
-    cfg = preset_config(tmp_path, "llds", "train.minibatches=1")
+def test_llds_identically_zero_is_refused_or_warned_at_startup(tmp_path):
+    with pytest.raises(ConfigError, match="(?s)'llds' needs an off-policy step.*identically 0.*minibatches >= 2"):
+        preset_config(tmp_path, "llds", "train.minibatches=1")
+    cfg = preset_config(tmp_path, "llds", "train.minibatches=1", "train.allow_inert_methods=true")
     events = []
     trainer = Trainer(cfg, reporter=lambda kind, **kw: events.append((kind, kw)))
-    with pytest.warns(UserWarning, match="llds is identically zero"):
+    with pytest.warns(UserWarning, match="'llds' needs an off-policy step"):
         trainer.setup()
     assert [kw["message"] for kind, kw in events if kind == "warning"] == trainer.summary["warnings"]
-    assert "minibatches >= 2" in trainer.summary["warnings"][0]
+    assert "runs anyway" in trainer.summary["warnings"][0]
     assert Trainer(preset_config(tmp_path / "ok", "llds")).run()["warnings"] == []  # the preset's 2 mini-batches
 
 
@@ -331,7 +333,7 @@ def test_adaptive_temperature_uses_the_previous_steps_entropy_statistics(tmp_pat
 
 def test_adaptive_temperature_needs_sampling():
     with pytest.raises(ConfigError, match="adaptive_temperature needs sampling"):
-        load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "hapo.yaml"], overrides=["rollout.temperature=0"])
+        load_config(CONFIGS / "demo.yaml", presets=["hapo"], overrides=["rollout.temperature=0"])
 
 
 # ---- SPEAR --------------------------------------------------------------------------------------------
@@ -365,10 +367,10 @@ def test_spear_replays_with_its_own_loss_after_the_update(tmp_path, mixed_reward
 
 def test_spear_config_is_validated():
     with pytest.raises(ConfigError, match="capacity"):
-        load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "spear.yaml"],
+        load_config(CONFIGS / "demo.yaml", presets=["spear"],
                     overrides=["algorithm.spear.replay.capacity=10", "algorithm.spear.replay.buffer_size=8"])
     with pytest.raises(ConfigError, match="ratio"):
-        load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "spear.yaml"],
+        load_config(CONFIGS / "demo.yaml", presets=["spear"],
                     overrides=["algorithm.spear.replay.token_overrides=[{name: clip_cov, params: {ratoi: 1}}]"])
     with pytest.raises(ConfigError, match="kind"):
         load_config(CONFIGS / "demo.yaml", overrides=["algorithm.spear={toolcall: {kind: linear}}"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import yaml
 
 from rlvr_lab.objectives.div_prec import div_prec_chunked_loss, div_prec_target_weight, div_prec_token_loss
+from rlvr_lab.presets import preset_path
 
 torch.set_num_threads(1)
 T = torch.tensor
@@ -130,8 +131,8 @@ def test_chunked_loss_equals_direct_loss_and_gradients():
 
 
 def test_presets_are_the_two_separate_settings():
-    precision = yaml.safe_load((CONFIGS / "div_prec_precision.yaml").read_text())["sft"]["loss"]
-    tail = yaml.safe_load((CONFIGS / "div_prec_tail.yaml").read_text())["sft"]["loss"]
+    precision = yaml.safe_load(preset_path("div_prec_precision").read_text())["sft"]["loss"]
+    tail = yaml.safe_load(preset_path("div_prec_tail").read_text())["sft"]["loss"]
     assert precision["name"] == tail["name"] == "div_prec"
     assert precision["params"]["beta"] == -0.25 and precision["params"]["lambda_tail"] == 0.0
     assert tail["params"]["beta"] == 0.0 and tail["params"]["lambda_tail"] == -0.1 and tail["params"]["k"] == 100

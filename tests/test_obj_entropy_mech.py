@@ -18,6 +18,7 @@ from rlvr_lab.objectives.entropy_mech import (
 )
 from rlvr_lab.objectives.policy_losses import ppo_clip_loss
 from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES
+from rlvr_lab.presets import preset_path
 
 torch.set_num_threads(1)
 T = torch.tensor
@@ -155,7 +156,7 @@ def test_bad_params_and_presets():
         kl_cov_override(logp, logp, logp, ADV, MASK, frac=2.0)
     presets = (("clip_cov", {"ratio": 2e-4, "lb": 1.0, "ub": 5.0}), ("kl_cov", {"frac": 2e-3, "coef": 1.0}))
     for name, params in presets:
-        algo = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["algorithm"]
+        algo = yaml.safe_load(preset_path(name).read_text())["algorithm"]
         (override,) = algo["token_overrides"]
         assert override == {"name": name, "params": params}
         TOKEN_LOSS_OVERRIDES.entry(name).check_params(override["params"], where=f"{name}.yaml")

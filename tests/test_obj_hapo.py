@@ -20,6 +20,7 @@ from rlvr_lab.objectives.hapo import (
 )
 from rlvr_lab.objectives.policy_losses import ppo_clip_loss
 from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from rlvr_lab.presets import preset_path
 
 torch.set_num_threads(1)
 T = torch.tensor
@@ -113,7 +114,7 @@ def test_hapo_without_adaptation_is_ppo_clip_with_dual_clip():
 
 
 def test_hapo_declares_and_needs_entropy():
-    assert POLICY_LOSSES.entry("hapo").meta["needs"] == ("entropy",)
+    assert POLICY_LOSSES.entry("hapo").needs == ("entropy",)
     logp, old, adv, mask, _ = hapo_inputs([1.0] * 5)
     with pytest.raises(ValueError, match="ctx.entropy"):
         hapo_loss(logp, old, adv, mask, StepContext())
@@ -179,7 +180,7 @@ def test_logits_entropy():
 
 
 def test_preset_params_match_the_signatures():
-    algo = yaml.safe_load((CONFIGS / "hapo.yaml").read_text())["algorithm"]
+    algo = yaml.safe_load(preset_path("hapo").read_text())["algorithm"]
     ADVANTAGE_ESTIMATORS.entry(algo["advantage"]["name"]).check_params(algo["advantage"]["params"], where="hapo.yaml")
     POLICY_LOSSES.entry(algo["policy_loss"]["name"]).check_params(algo["policy_loss"]["params"], where="hapo.yaml")
     assert algo["policy_loss"]["params"]["code_compat_sign"] is False

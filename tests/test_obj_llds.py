@@ -99,7 +99,7 @@ def test_identically_zero_on_policy_and_helper():
     assert loss.item() == 0.0 and policy.grad.abs().sum().item() == 0.0
     assert llds_is_identically_zero(1, 1)
     assert not llds_is_identically_zero(2, 1) and not llds_is_identically_zero(1, 2)
-    assert AUX_LOSSES.entry("llds").meta["needs_off_policy"] is True
+    assert "identically 0" in AUX_LOSSES.entry("llds").inert_without_off_policy({})
 
 
 def _loop_action_gate(delta, mask, adv, actions):
@@ -209,9 +209,9 @@ def test_bandit_gradient_restores_a_displaced_preserved_response():
 def test_presets_validate():
     from rlvr_lab.config import load_config
 
-    cfg = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "llds.yaml"])
+    cfg = load_config(CONFIGS / "demo.yaml", presets=["llds"])
     (aux,) = cfg.algorithm.aux_losses
     assert aux.name == "llds" and aux.params["lam"] == 0.2 and aux.params["norm"] == "code"
     assert not llds_is_identically_zero(cfg.train.minibatches, cfg.train.epochs)
-    ma = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "llds_ma.yaml"]).algorithm.aux_losses[0]
+    ma = load_config(CONFIGS / "demo.yaml", presets=["llds_ma"]).algorithm.aux_losses[0]
     assert ma.params["mask_answer"] is True and ma.params["answer_weight"] == "paper"

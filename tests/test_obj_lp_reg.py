@@ -18,6 +18,7 @@ from rlvr_lab.objectives.lp_reg import (
 )
 from rlvr_lab.objectives.policy_losses import ppo_clip_loss
 from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES
+from rlvr_lab.presets import preset_path
 
 torch.set_num_threads(1)
 T = torch.tensor
@@ -199,13 +200,13 @@ def test_override_needs_the_proxy_and_declares_it():
     with pytest.raises(ValueError, match="proxy_logprobs"):
         lp_reg_override(torch.zeros_like(logp), logp, logp, adv, mask, StepContext())
     entry = TOKEN_LOSS_OVERRIDES.entry("lp_reg")
-    assert entry.meta["needs"] == ("proxy_logprobs",)
+    assert entry.needs == ("proxy_logprobs",)
     assert entry.meta["proxy_fn"] is lp_reg_proxy_logprobs
     assert set(entry.meta["proxy_params"]) <= set(entry.keyword_params())
 
 
 def test_preset_params_match_the_signatures():
-    algo = yaml.safe_load((CONFIGS / "lp_reg.yaml").read_text())["algorithm"]
+    algo = yaml.safe_load(preset_path("lp_reg").read_text())["algorithm"]
     (override,) = algo["token_overrides"]
     TOKEN_LOSS_OVERRIDES.entry(override["name"]).check_params(override["params"], where="lp_reg.yaml")
     assert algo["policy_loss"]["params"] == {"clip_low": 1.0, "clip_high": 9.0, "clip_ratio_c": None}

@@ -126,7 +126,7 @@ def test_presets_validate():
     from rlvr_lab.config import load_config
 
     def algo(preset):
-        return load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / f"{preset}.yaml"]).algorithm
+        return load_config(CONFIGS / "demo.yaml", presets=[preset]).algorithm
 
     w = algo("w_reinforce").advantage
     assert w.name == "w_reinforce" and (w.params["lambda_pos"], w.params["neg_reward"]) == (0.1, -1.0)

@@ -213,5 +213,5 @@ def test_presets_validate():
     from rlvr_lab.config import load_config
 
     for preset, name in (("passk", "passk"), ("pkpo", "pkpo")):
-        algo = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / f"{preset}.yaml"]).algorithm
+        algo = load_config(CONFIGS / "demo.yaml", presets=[preset]).algorithm
         assert algo.advantage.name == name and algo.advantage.params["k"] == 4

@@ -255,7 +255,7 @@ def test_baseline_history_is_bounded():
 
 
 def test_spear_preset_validates_with_the_legacy_aggregation():
-    algo = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "spear.yaml"]).algorithm
+    algo = load_config(CONFIGS / "demo.yaml", presets=["spear"]).algorithm
     assert algo.advantage.name == "dr_grpo" and algo.aggregation == "seq-mean-token-sum-norm"
     assert algo.legacy_no_batch_norm is True and algo.kl.coef == 0.0 and algo.entropy_coef == 0.001
     assert (algo.policy_loss.params["clip_low"], algo.policy_loss.params["clip_high"]) == (0.2, 0.28)

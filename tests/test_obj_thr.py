@@ -346,10 +346,10 @@ def test_missing_scores_name_the_key_and_the_function():
 def test_registered_and_presets_validate():
     assert TOKEN_ADVANTAGE_MODIFIERS.get("nthr") is nthr_advantages
     assert TOKEN_ADVANTAGE_MODIFIERS.get("thr") is thr_advantages
-    nthr = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "nthr.yaml"]).algorithm
+    nthr = load_config(CONFIGS / "demo.yaml", presets=["nthr"]).algorithm
     assert nthr.token_modifiers[0].name == "nthr" and nthr.token_modifiers[0].params["beta_tau"] == 1.0
     assert nthr.kl.coef == 1e-4 and nthr.dynamic_sampling.enabled
-    thr = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "thr.yaml"]).algorithm
+    thr = load_config(CONFIGS / "demo.yaml", presets=["thr"]).algorithm
     assert thr.token_modifiers[0].params == {"p": 0.2, "beta_tau": 1.0, "mode": "reweight"}
 
 

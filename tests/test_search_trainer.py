@@ -35,14 +35,14 @@ SEARCH_FAST = [
 
 
 def run(tmp_path, *extra, presets=()):
-    cfg = load_config(CONFIGS / "search_tiny.yaml", presets=[CONFIGS / p for p in presets],
+    cfg = load_config(CONFIGS / "search_tiny.yaml", presets=list(presets),
                       overrides=SEARCH_FAST + [f"run.output_dir={tmp_path}", *extra])
     summary = Trainer(cfg).run()
     return summary, [r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"]
 
 
 def test_search_run_logs_tool_metrics_and_llds_ma_runs(tmp_path):
-    summary, rl = run(tmp_path, presets=["llds_ma.yaml"])
+    summary, rl = run(tmp_path, presets=["llds_ma"])
     assert summary["status"] == "completed" and set(summary["eval"]) == {"before_rl", "after_rl"}
     for r in rl:
         for key in ("search/turns_mean", "search/valid_searches_mean", "search/invalid_action_rate",

@@ -55,7 +55,7 @@ def test_cli_train_writes_run_directory(tmp_path):
 
 @pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo"])
 def test_every_preset_runs(tmp_path, preset):
-    cfg = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / f"{preset}.yaml"],
+    cfg = load_config(CONFIGS / "demo.yaml", presets=[preset],
                       overrides=FAST + [f"run.output_dir={tmp_path}", "eval.enabled=false", "sft.steps=0"])
     summary = Trainer(cfg).run()
     rl = [r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"]
@@ -97,7 +97,7 @@ def test_sampler_old_logprobs_refuse_a_filtered_sampler(override, key):
 
 
 def test_sampler_old_logprobs_refuse_methods_that_need_the_old_pass(tmp_path):
-    cfg = load_config(CONFIGS / "demo.yaml", presets=[CONFIGS / "lp_reg.yaml"],
+    cfg = load_config(CONFIGS / "demo.yaml", presets=["lp_reg"],
                       overrides=FAST + [f"run.output_dir={tmp_path}", "train.old_logprobs=sampler"])
     with pytest.raises(ValueError, match="recompute"):
         Trainer(cfg).setup()

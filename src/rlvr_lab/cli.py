@@ -19,7 +19,12 @@ console = Console()
 
 
 class ConsoleReporter:
-    """Progress bars and one readable line per step, driven by the trainer's events."""
+    """Progress bars and one readable line per step, driven by the trainer's events.
+
+    A step line is printed without wrapping (``soft_wrap``): piped to a file, where rich assumes 80
+    columns, each RL step stays one line whatever its length, so the log can be read with grep or tail.
+    Text from elsewhere (samples, warnings) is never read as rich markup, so brackets in it print as typed.
+    """
 
     def __init__(self, console: Console, show_samples: bool = True):
         self.console = console
@@ -29,6 +34,12 @@ class ConsoleReporter:
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
         )
         self.tasks: dict[str, Any] = {}
+
+    @staticmethod
+    def _eval_metrics(result: dict[str, Any]) -> list[str]:
+        """The accuracy and pass@k keys of an eval result, without their standard errors and per-prompt values."""
+        return [k for k, v in result.items() if k.startswith("eval/") and ("acc" in k or "pass@" in k)
+                and not k.endswith("_se") and isinstance(v, (int, float))]
 
     def _bar(self, name: str, total: int):
         if name not in self.tasks:
@@ -48,7 +59,9 @@ class ConsoleReporter:
         )
 
     def on_warning(self, message) -> None:
-        self.console.print(f"[bold yellow]warning[/]: {message}")
+        from rich.markup import escape
+
+        self.console.print(f"[bold yellow]warning[/]: {escape(str(message))}")
 
     def on_sft_step(self, step, total, record) -> None:
         self.progress.update(self._bar("warm-start", total), completed=step + 1)
@@ -59,8 +72,8 @@ class ConsoleReporter:
         self.console.print(f"[dim]evaluating ({label})...[/]")
 
     def on_eval(self, label, result) -> None:
-        parts = [f"{k.split('/', 1)[1]} {v:.3f} ± {result.get(k + '_se', 0):.3f}"
-                 for k, v in result.items() if k.startswith("eval/") and ("acc" in k or "pass@" in k) and not k.endswith("_se")]
+        parts = [f"{k.split('/', 1)[1]} {result[k]:.3f} ± {result.get(k + '_se', 0):.3f}"
+                 for k in self._eval_metrics(result)]
         self.console.print(f"[bold green]eval {label}[/] (n={int(result['eval/n_prompts'])} prompts, "
                            f"{int(result['eval/samples'])} samples each): " + " | ".join(parts))
 
@@ -73,27 +86,36 @@ class ConsoleReporter:
             f"kl {g('grpo/ppo_kl', 0):+.4f} | "
             + (f"searches {g('search/valid_searches_mean'):.2f} | " if "search/valid_searches_mean" in record else "")
             + f"{g('time/step_s', 0):.2f}s"
-            + (f" | [yellow]{record['phase/label']}[/]" if record.get("phase/label") in ALERT_LABELS + ("stagnation",) else "")
+            + (f" | [yellow]{record['phase/label']}[/]" if record.get("phase/label") in ALERT_LABELS + ("stagnation",) else ""),
+            soft_wrap=True,
         )
         if self.show_samples and samples and step in (1, total):
-            self.console.print(f"[dim]  sample: {samples[0][:120]!r}[/]")
+            self.console.print(f"  sample: {samples[0][:120]!r}", style="dim", markup=False, soft_wrap=True)
 
     def on_done(self, summary) -> None:
         if self.progress.live.is_started:
             self.progress.stop()
         evals = summary.get("eval", {})
         if "before_rl" in evals and "after_rl" in evals:
-            table = Table(title="held-out accuracy (mean ± standard error over prompts)")
+            from rlvr_lab.eval.evaluate import PER_PROMPT
+            from rlvr_lab.train.loop import accuracy_gain
+
+            before, after = evals["before_rl"], evals["after_rl"]
+            paired = PER_PROMPT in before and PER_PROMPT in after
+            table = Table(title="held-out accuracy (mean ± standard error over prompts)",
+                          caption="change ± standard error of the per-prompt differences (paired)"
+                          if paired else "change ± sqrt(se_before² + se_after²) (unpaired)")
             table.add_column("metric")
             table.add_column("after warm-start")
             table.add_column("after RL")
             table.add_column("change")
-            before, after = evals["before_rl"], evals["after_rl"]
-            for key in before:
-                if key.endswith("_se") or not ("acc" in key or "pass@" in key):
+            for key in self._eval_metrics(before):
+                if key not in after:
                     continue
+                change, change_se = accuracy_gain(summary, key)
                 table.add_row(key.split("/", 1)[1], f"{before[key]:.3f} ± {before.get(key + '_se', 0):.3f}",
-                              f"{after[key]:.3f} ± {after.get(key + '_se', 0):.3f}", f"{after[key] - before[key]:+.3f}")
+                              f"{after[key]:.3f} ± {after.get(key + '_se', 0):.3f}",
+                              f"{change:+.3f} ± {change_se:.3f}")
             self.console.print(table)
             self.console.print(f"n = {int(before['eval/n_prompts'])} held-out prompts, {int(before['eval/samples'])} samples each")
         self.console.print(f"status: {summary.get('status')} | run dir: {summary.get('run_dir')}")
@@ -146,14 +168,45 @@ def show_config(
     console.print(dump_config(_load(config, preset, overrides or [])), markup=False)
 
 
+def describe_entry(entry) -> list[str]:
+    """Lines describing one registered method: paper, parameters with defaults and allowed values, needs."""
+    lines = [f"  {entry.name}: {entry.summary}" + (f" ({entry.paper})" if entry.paper else "")]
+    defaults = entry.defaults()
+    for key, spec in entry.params.items():
+        lines.append(f"      {key} = {defaults[key]!r}  [{spec.allowed()}]" + (f"  {spec.help}" if spec.help else ""))
+    if entry.needs:
+        lines.append(f"      needs from the trainer: {', '.join(entry.needs)}")
+    if entry.off_policy is not None:
+        lines.append("      needs an off-policy step (train.minibatches >= 2 or train.epochs >= 2)"
+                     + (f": without one {entry.off_policy}" if isinstance(entry.off_policy, str) else " for some settings"))
+    if entry.drops_rows:
+        lines.append("      removes responses from the batch (sample filter)")
+    if entry.acts_on is not None:
+        lines.append(f"      acts only on {entry.acts_on[1]} (counted by {entry.acts_on[0]})")
+    return lines
+
+
 @app.command("list")
-def list_components() -> None:
-    """List the registered objectives and the available reasoning-gym tasks."""
-    from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS, AGGREGATORS, AUX_LOSSES, POLICY_LOSSES, TOKEN_ADVANTAGE_MODIFIERS
+def list_components(
+    tasks: bool = typer.Option(True, help="Also list the reasoning-gym tasks."),
+) -> None:
+    """List every method with its paper, parameters (defaults and allowed values) and needs, the presets,
+    the aggregation modes and the reasoning-gym tasks."""
+    from rlvr_lab.objectives import AGGREGATORS
+    from rlvr_lab.objectives.registry import all_registries
+    from rlvr_lab.presets import preset_names, preset_summary
     from rlvr_lab.rewards import reasoning_gym_task_names
 
-    for reg in (ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS, POLICY_LOSSES, AUX_LOSSES, AGGREGATORS):
-        console.print(f"[bold]{reg.kind}s[/]: {', '.join(reg.names()) or '(none yet)'}")
+    for reg in all_registries():
+        console.print(f"[bold]{reg.kind}s[/] ({len(reg.names())})")
+        for name in reg.names():
+            console.print("\n".join(describe_entry(reg.entry(name))), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[bold]aggregation modes[/]: {', '.join(AGGREGATORS.names())}")
+    console.print("[bold]presets[/] (rlvr train CONFIG --preset NAME)")
+    for name in preset_names():
+        console.print(f"  {name}: {preset_summary(name)}", markup=False, highlight=False, soft_wrap=True)
+    if not tasks:
+        return
     names = reasoning_gym_task_names()
     console.print(f"[bold]reasoning-gym tasks ({len(names)})[/]: {', '.join(names)}")
 

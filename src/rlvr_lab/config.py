@@ -1,8 +1,8 @@
 """Validated run configuration: one model per component, field descriptions double as docs.
 
-A config is a YAML file; ``extends:`` (a path or a list of paths, relative to the file) merges
-other files underneath it, presets (``--preset``) merge on top, and ``key.path=value`` overrides
-from the command line come last. A wrong key, type or value fails at start-up naming the key,
+A config is a YAML file; ``extends:`` (a path or a list of paths, relative to the file, or the name of
+a packaged preset such as ``grpo``) merges other files underneath it, presets (``--preset dapo`` or a
+YAML path) merge on top, and ``key.path=value`` overrides from the command line come last. A wrong key, type or value fails at start-up naming the key,
 the value and what is allowed.
 """
 
@@ -21,6 +21,7 @@ from rlvr_lab.objectives.div_prec import div_prec_token_loss
 from rlvr_lab.objectives.kl import KL_KINDS
 from rlvr_lab.objectives.registry import (
     ADVANTAGE_ESTIMATORS,
+    Registry,
     AGGREGATORS,
     AUX_LOSSES,
     POLICY_LOSSES,
@@ -28,6 +29,7 @@ from rlvr_lab.objectives.registry import (
     TOKEN_LOSS_OVERRIDES,
 )
 from rlvr_lab.objectives.spear import TOOLCALL_KINDS
+from rlvr_lab.presets import preset_names, preset_path
 
 
 class ConfigError(ValueError):
@@ -142,14 +144,39 @@ class KLConfig(_Strict):
         return _one_of(v, KL_KINDS, "KL estimator")
 
 
+# DAPO's window is L_max=20480, L_cache=4096 (arXiv 2503.14476, sec. 3.4): the ramp is a fifth of the budget.
+DAPO_CACHE_FRACTION = 4096 / 20480
+
+
 class OverlongConfig(_Strict):
-    max_len: int = Field(..., ge=1, description="L_max: length that gets the full penalty.")
-    cache_len: int = Field(..., ge=1, description="L_cache: length of the linear ramp before L_max.")
-    factor: float = Field(1.0, ge=0, description="Penalty at L_max.")
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13): 0, then linear, then -factor past L_max."""
+
+    max_len: int | None = Field(
+        None, ge=1,
+        description="L_max: responses this long or longer get -factor (null: the response budget, "
+        "rollout.max_new_tokens; a larger value than the budget is an error, it could never apply).",
+    )
+    cache_len: int | None = Field(
+        None, ge=1,
+        description="L_cache: length of the linear ramp before L_max (null: a fifth of L_max, DAPO's 4096/20480; "
+        "the scaling to other budgets is inferred).",
+    )
+    factor: float = Field(1.0, ge=0, description="Penalty at and beyond L_max.")
+
+    @model_validator(mode="after")
+    def _check(self) -> OverlongConfig:
+        if self.max_len is not None and self.cache_len is not None and self.cache_len > self.max_len:
+            raise ValueError(f"cache_len={self.cache_len} must not exceed max_len={self.max_len}")
+        return self
 
 
 class DynamicSamplingConfig(_Strict):
-    enabled: bool = Field(False, description="Drop all-equal groups and sample more prompts (DAPO).")
+    enabled: bool = Field(False, description="Drop groups whose metric has zero spread and sample more prompts (DAPO).")
+    metric: Literal["acc", "reward"] = Field(
+        "acc",
+        description="What must vary within a kept group: 'acc' the verifier's correctness (DAPO: all-correct and "
+        "all-wrong groups are dropped), 'reward' the shaped reward (verl's filter_groups.metric=seq_reward).",
+    )
     max_gen_batches: int = Field(10, description="Most generation rounds per step (<= 0: unlimited).")
 
 
@@ -175,7 +202,12 @@ class SpearToolcallConfig(_Strict):
 class SpearReplayConfig(_Strict):
     """SPEAR's self-imitation replay (spec 7.3): buffer, trigger, recalibration and the replay loss."""
 
-    buffer_size: int = Field(2048, ge=1, description="Most trajectories per replay batch; unit of the trigger.")
+    buffer_size: int | None = Field(
+        None, ge=1,
+        description="Most trajectories per replay batch; unit of the trigger (null: a quarter of the rollout "
+        "batch, prompts_per_step·group_size/4, so that replay fires every step or two at typical accuracies; "
+        "inferred: SPEAR's 2048 counts per-turn samples of long agent episodes, many per rollout batch).",
+    )
     trigger: float = Field(1.5, gt=0, description="Replay when replayable trajectories > trigger × buffer_size.")
     tolerate_steps: int = Field(5, ge=0, description="Drop entries more than this many steps older than the newest.")
     capacity: int | None = Field(None, ge=1, description="Hard bound on stored trajectories (None: 2·trigger·buffer_size).")
@@ -205,18 +237,22 @@ class SpearReplayConfig(_Strict):
         _check_component(self.policy_loss, POLICY_LOSSES, "algorithm.spear.replay.policy_loss.params")
         for i, comp in enumerate(self.token_overrides):
             _check_component(comp, TOKEN_LOSS_OVERRIDES, f"algorithm.spear.replay.token_overrides[{i}].params")
-            needs = set(TOKEN_LOSS_OVERRIDES.entry(comp.name).meta.get("needs", ())) - {"entropy"}
+            needs = set(TOKEN_LOSS_OVERRIDES.entry(comp.name).needs) - {"entropy"}
             if needs:  # stored trajectories carry tokens, old log-probs and advantages only
                 raise ValueError(
                     f"algorithm.spear.replay.token_overrides[{i}]: {comp.name!r} needs {sorted(needs)}, "
                     "which replayed trajectories do not carry"
                 )
+        if self.buffer_size is not None:
+            self.check_capacity()
+        return self
+
+    def check_capacity(self) -> None:
         threshold = self.trigger * self.buffer_size
         if self.capacity is not None and self.capacity <= threshold:
             raise ValueError(
                 f"capacity={self.capacity} must exceed trigger*buffer_size={threshold}, otherwise replay never triggers"
             )
-        return self
 
 
 class SpearRolloutFilterConfig(_Strict):
@@ -264,17 +300,19 @@ class AlgorithmConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_names(self) -> AlgorithmConfig:
-        for field_name, registry in (("advantage", ADVANTAGE_ESTIMATORS), ("policy_loss", POLICY_LOSSES)):
-            _check_component(getattr(self, field_name), registry, f"algorithm.{field_name}.params")
-        for field_name, registry in (
-            ("token_modifiers", TOKEN_ADVANTAGE_MODIFIERS),
-            ("token_overrides", TOKEN_LOSS_OVERRIDES),
-            ("aux_losses", AUX_LOSSES),
-        ):
-            for i, comp in enumerate(getattr(self, field_name)):
-                _check_component(comp, registry, f"algorithm.{field_name}[{i}].params")
+        for where, registry, comp in self.components():
+            _check_component(comp, registry, f"{where}.params")
         AGGREGATORS.entry(self.aggregation)
         return self
+
+    def components(self) -> list[tuple[str, Registry, NamedComponent]]:
+        """Every configured objective component: (config key, registry, component)."""
+        out = [("algorithm.advantage", ADVANTAGE_ESTIMATORS, self.advantage),
+               ("algorithm.policy_loss", POLICY_LOSSES, self.policy_loss)]
+        for field_name, registry in (("token_modifiers", TOKEN_ADVANTAGE_MODIFIERS),
+                                     ("token_overrides", TOKEN_LOSS_OVERRIDES), ("aux_losses", AUX_LOSSES)):
+            out += [(f"algorithm.{field_name}[{i}]", registry, c) for i, c in enumerate(getattr(self, field_name))]
+        return out
 
     @property
     def effective_aggregation(self) -> str:
@@ -334,8 +372,8 @@ class TrainConfig(_Strict):
     group_size: int = Field(8, ge=1, description="Responses G per prompt.")
     minibatches: int = Field(
         1, ge=1,
-        description="Optimiser steps per rollout batch (off-policy after the first). LLDS is identically 0 "
-        "with 1 mini-batch and 1 epoch: use >= 2.",
+        description="Optimiser steps per rollout batch (off-policy after the first). Methods that act only "
+        "off-policy (LLDS, KL-Cov, HAPO's clip, GSPO, clip-higher) refuse 1 mini-batch with 1 epoch.",
     )
     epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
@@ -358,6 +396,11 @@ class TrainConfig(_Strict):
         "saves that forward pass. Equal up to float rounding when the rollout draws from the full tempered "
         "distribution with the weights being trained (no top-k/top-p, no adaptive temperature); in bf16 or "
         "with a separate inference engine the two can drift apart.",
+    )
+    allow_inert_methods: bool = Field(
+        False,
+        description="Run a configuration in which a method can have no effect (e.g. LLDS with one mini-batch "
+        "and one epoch) with a warning instead of refusing it at start-up.",
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     log_every: int = Field(1, ge=1)
@@ -425,6 +468,11 @@ class ObserveConfig(_Strict):
         None,
         description="Re-use the probe responses stored by another run (its probes.json), so runs are compared on the same responses.",
     )
+    inactive_steps: int = Field(
+        5, ge=0,
+        description="Warn when a method has changed nothing (its count of tokens acted on is 0) for this many "
+        "consecutive RL steps: the run is then the same as without it (0: never warn).",
+    )
     grad_groups: int = Field(4, ge=0, description="Log the gradient norm of this many bands of layers plus embedding and head (0: off).")
     tensorboard: bool = Field(True, description="Write TensorBoard event files to RUN_DIR/tensorboard.")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
@@ -488,7 +536,85 @@ class Config(_Strict):
                     raise ValueError(f"train.old_logprobs=sampler needs {key}={off} (got {value!r}): the sampler's "
                                      "log-probs would be of a filtered or per-token-tempered distribution; "
                                      "use train.old_logprobs=recompute")
+        self._resolve_overlong()
+        self._resolve_replay()
+        if inert_methods(self) and not self.train.allow_inert_methods:
+            raise ValueError(
+                "\n  ".join(inert_methods(self)) + "\n  Use train.minibatches >= 2 or train.epochs >= 2 (an "
+                "off-policy step), or set train.allow_inert_methods=true to run anyway with a warning."
+            )
         return self
+
+    def max_response_tokens(self) -> int:
+        """The longest response a rollout can produce: one turn, or with search every model turn plus every
+        observation (T_norm of seq-mean-token-sum-norm when ``algorithm.t_norm`` is unset; DAPO's L_max)."""
+        turn, s = self.rollout.max_new_tokens, self.search
+        return turn if not s.enabled else turn * (s.max_turns + 1) + s.max_obs_tokens * s.max_turns
+
+    def _resolve_overlong(self) -> None:
+        """DAPO's L_max defaults to the response budget; one beyond it could never apply."""
+        ol, budget = self.algorithm.overlong, self.max_response_tokens()
+        if ol is None:
+            return
+        if ol.max_len is None:
+            ol.max_len = budget
+        elif ol.max_len > budget:
+            raise ValueError(
+                f"algorithm.overlong.max_len={ol.max_len} exceeds the response budget of {budget} tokens "
+                "(rollout.max_new_tokens): no response could reach it; leave it null to use the budget"
+            )
+        if ol.cache_len is None:
+            ol.cache_len = max(1, round(DAPO_CACHE_FRACTION * ol.max_len))
+        elif ol.cache_len > ol.max_len:
+            raise ValueError(f"algorithm.overlong.cache_len={ol.cache_len} must not exceed max_len={ol.max_len}")
+
+
+    def _resolve_replay(self) -> None:
+        """SPEAR's replay buffer defaults to a quarter of the rollout batch."""
+        replay = self.algorithm.spear.replay if self.algorithm.spear is not None else None
+        if replay is not None and replay.buffer_size is None:
+            replay.buffer_size = max(1, self.train.prompts_per_step * self.train.group_size // 4)
+            replay.check_capacity()
+
+
+def replay_never_triggers(cfg: Config) -> str | None:
+    """Why SPEAR's replay can never fire with this configuration (None when it can).
+
+    At most G-1 responses of a group have a positive advantage, entries older than ``tolerate_steps``
+    are evicted and at most ``capacity`` are kept, so no more than
+    ``min(capacity, (tolerate_steps + 1)·P·(G-1))`` trajectories are ever stored at once.
+    """
+    spear = cfg.algorithm.spear
+    if spear is None or spear.replay is None:
+        return None
+    r, t = spear.replay, cfg.train
+    groups = t.prompts_per_step
+    if spear.rollout_filter is not None:
+        groups = max(1, int(spear.rollout_filter.ratio * groups))
+    most = (r.tolerate_steps + 1) * groups * (t.group_size - 1)
+    if r.capacity is not None:
+        most = min(most, r.capacity)
+    threshold = r.trigger * r.buffer_size
+    if most > threshold:
+        return None
+    return (f"SPEAR's replay can never trigger: it needs more than trigger*buffer_size={threshold:g} replayable "
+            f"trajectories, but at most {most} are ever stored ({groups} groups x {t.group_size - 1} positive "
+            f"responses x {r.tolerate_steps + 1} steps); lower algorithm.spear.replay.buffer_size (null: a quarter "
+            "of the rollout batch) or raise tolerate_steps")
+
+
+def inert_methods(cfg: Config) -> list[str]:
+    """One sentence per configured component that can have no effect because the run never takes an
+    off-policy step (one mini-batch, one epoch: the policy has not moved when the loss is evaluated)."""
+    if cfg.train.minibatches > 1 or cfg.train.epochs > 1:
+        return []
+    out = []
+    for where, registry, comp in cfg.algorithm.components():
+        reason = registry.entry(comp.name).inert_without_off_policy(comp.params)
+        if reason:
+            out.append(f"{where} {comp.name!r} needs an off-policy step: with train.minibatches=1 and "
+                       f"train.epochs=1 {reason}.")
+    return out
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -513,6 +639,19 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resolve_config_file(ref: str | Path, base: Path | None = None) -> Path:
+    """A config file by path (relative to ``base`` for ``extends:``, else to the working directory) or,
+    when no such file exists, a packaged preset by name (``dapo``, ``dapo.yaml``)."""
+    path = Path(ref) if base is None else base / ref
+    if path.is_file():
+        return path
+    try:
+        return preset_path(str(ref))
+    except KeyError:
+        raise ConfigError(f"config file not found: {path} (and no packaged preset of that name; presets: "
+                          f"{', '.join(preset_names())})") from None
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
@@ -530,7 +669,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         parents = [parents]
     merged: dict[str, Any] = {}
     for parent in parents:
-        merged = deep_merge(merged, _read_yaml(path.parent / parent, seen + (path,)))
+        merged = deep_merge(merged, _read_yaml(resolve_config_file(parent, path.parent), seen + (path,)))
     return deep_merge(merged, data)
 
 
@@ -562,6 +701,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key (value {err['input']!r})")
+        elif isinstance(err.get("input"), (dict, list)):  # a model-level check: the message names the keys
+            lines.append(f"  {msg}" if loc == "<top level>" else f"  {loc}: {msg}")
         else:
             lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n" + "\n".join(lines)
@@ -594,11 +735,17 @@ def build_config(data: dict[str, Any]) -> Config:
         raise ConfigError(f"invalid config: {exc}") from None
 
 
+def read_config_data(ref: str | Path) -> dict[str, Any]:
+    """A config file's (or packaged preset's) data with its ``extends`` merged, before validation: values
+    that default to others (DAPO's L_max, SPEAR's buffer) stay unresolved until the whole config is built."""
+    return _read_yaml(resolve_config_file(ref))
+
+
 def load_config(path: str | Path | None, *, presets: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     """Read ``path`` (or the defaults), merge presets on top, apply ``key=value`` overrides, validate."""
-    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    data: dict[str, Any] = _read_yaml(resolve_config_file(path)) if path is not None else {}
     for preset in presets:
-        data = deep_merge(data, _read_yaml(Path(preset)))
+        data = deep_merge(data, _read_yaml(resolve_config_file(preset)))
     for text in overrides:
         keys, value = parse_override(text)
         data = apply_override(data, keys, value)

@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -233,7 +234,8 @@ def test_combined_rewards_weights_functions_and_drops_unscored_rows():
 @pytest.mark.parametrize(
     ("method", "needle"),
     [("dapo", "dynamic_sampling"), ("hapo", "adaptive_temperature"), ("spear", "algorithm.spear"),
-     ("llds_ma", "mask_answer"), ("search_tiny", "search.enabled")],
+     ("llds_ma", "mask_answer"), (str(Path(__file__).resolve().parents[2] / "configs" / "search_tiny.yaml"),
+                                  "search.enabled")],
 )
 def test_rollout_only_methods_are_refused_with_the_key_to_change(method, needle):
     with pytest.raises(ValueError, match=needle):
@@ -257,7 +259,9 @@ def test_batch_layout_comes_from_trl():
 def test_algorithm_block_and_overrides():
     block = {"advantage": {"name": "dr_grpo"}, "policy_loss": {"name": "ppo_clip", "params": {"clip_high": 0.28}},
              "aggregation": "seq-mean-token-sum-norm"}
-    cfg = method_config(algorithm=block, overrides=["algorithm.entropy_coef=0.01"])
+    with pytest.raises(ValueError, match="'ppo_clip' needs an off-policy step"):  # clip-higher alone does nothing
+        method_config(algorithm=block)
+    cfg = method_config(algorithm=block, overrides=["algorithm.entropy_coef=0.01", "train.minibatches=2"])
     assert cfg.algorithm.advantage.name == "dr_grpo" and cfg.algorithm.entropy_coef == 0.01
     with pytest.raises(ValueError, match="not both"):
         method_config("grpo", algorithm=block)

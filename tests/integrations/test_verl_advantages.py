@@ -14,7 +14,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
 
-from rlvr_lab.config import build_config, load_config  # noqa: E402
+from rlvr_lab.config import load_config  # noqa: E402
 from rlvr_lab.integrations.verl import RlvrAlgoConfig  # noqa: E402
 from rlvr_lab.integrations.verl.presets import PRESETS  # noqa: E402
 from rlvr_lab.integrations.verl.resolve import UnsupportedInVerl  # noqa: E402
@@ -23,7 +23,6 @@ from rlvr_lab.train.methods import Methods  # noqa: E402
 from rlvr_lab.types import Batch  # noqa: E402
 
 torch.set_num_threads(1)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 P, G, L = 4, 4, 6
 B = P * G
 ESTIMATOR_OK = [n for n in PRESETS if n not in {"lp_reg", "hapo", "thr", "nthr", "spear", "psr", "nsr"}]
@@ -40,10 +39,7 @@ def native_advantages(name: str, overrides: list[str] = ()) -> torch.Tensor:
     """``Trainer.advantages`` of the native trainer for the preset (groups of G contiguous rows)."""
     preset = PRESETS[name]
     over = [f"train.group_size={G}", *overrides]
-    if preset.config_file:
-        cfg = load_config(CONFIGS / preset.config_file, overrides=over)
-    else:
-        cfg = build_config({"algorithm": dict(preset.algorithm), "train": {"group_size": G}})
+    cfg = load_config(None, presets=[preset.name], overrides=over)
     trainer = Trainer(cfg)
     trainer.methods = Methods(cfg)
     mask = response_mask()

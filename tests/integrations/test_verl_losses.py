@@ -25,7 +25,7 @@ from verl.utils import tensordict_utils as tu  # noqa: E402
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig  # noqa: E402
 from verl.workers.utils.losses import ppo_loss  # noqa: E402
 
-from rlvr_lab.config import build_config, load_config  # noqa: E402
+from rlvr_lab.config import load_config  # noqa: E402
 from rlvr_lab.integrations.verl import RlvrPolicyLossConfig  # noqa: E402
 from rlvr_lab.integrations.verl import resolve  # noqa: E402
 from rlvr_lab.integrations.verl.presets import PRESETS  # noqa: E402
@@ -38,7 +38,6 @@ from rlvr_lab.train.step import micro_batch_loss  # noqa: E402
 from rlvr_lab.types import Batch  # noqa: E402
 
 torch.set_num_threads(1)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 P, G, LP, T, D, V = 3, 4, 3, 7, 8, 11
 B = P * G
 LOSS_OK = [n for n in PRESETS if n not in {"llds_ma", "lp_reg", "hapo", "thr", "nthr", "spear"}]
@@ -97,10 +96,7 @@ def make_batch(seed: int = 0) -> Batch:
 
 
 def native_config(name: str):
-    preset = PRESETS[name]
-    if preset.config_file:
-        return load_config(CONFIGS / preset.config_file)
-    return build_config({"algorithm": dict(preset.algorithm)})
+    return load_config(None, presets=[PRESETS[name].name])
 
 
 def actor_config(spec, loss_cfg) -> FSDPActorConfig:

@@ -35,9 +35,11 @@ RUN_COLOURS = ("#2563eb", "#e8590c", "#0d9488", "#9333ea", "#ca8a04",
 """One colour per run, in the order the runs are given (cycled past ten)."""
 PHASE_COLOURS = {
     "warmup": "#cbd5e1",
+    "improving": "#16a34a",
     "healthy": "#4ade80",
     "ok": "#a7f3d0",
     "stagnation": "#facc15",
+    "reward_decline": "#f472b6",
     "steady_decay": "#fb923c",
     "accelerated_collapse": "#ef4444",
     "entropy_collapse": "#a855f7",

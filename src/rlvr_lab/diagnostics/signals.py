@@ -55,6 +55,8 @@ def likelihood_displacement(
     Returns (all floats; ``delta = after − before``, negative = likelihood fell):
         ``lld/correct_logp_{before,after,delta}``, ``lld/incorrect_logp_{before,after,delta}``:
             mean sequence log-likelihood of correct / incorrect responses.
+        ``lld/correct_logp_per_token``, ``lld/incorrect_logp_per_token``: mean token log-prob over the
+            trained tokens of correct / incorrect responses before the update (see :func:`response_likelihood`).
         ``logp/pos_mean``, ``logp/neg_mean``: old-policy per-token log-prob means on A>0 / A<0 tokens
             (the always-logged names of spec 0.7).
         ``lld/pos_token_logp_{after,delta}``, ``lld/neg_token_logp_{after,delta}``: the same tokens after the update.
@@ -77,7 +79,8 @@ def likelihood_displacement(
         new = new_logprobs.detach().to(mask.dtype) * mask  # (B,T)
         seq_old = old.sum(-1)  # (B,)
         seq_new = new.sum(-1)  # (B,)
-        nonempty = mask.sum(-1) > 0  # (B,)
+        n_tokens = mask.sum(-1)  # (B,)
+        nonempty = n_tokens > 0  # (B,)
         is_correct = correct.to(torch.bool) & nonempty  # (B,)
         is_incorrect = ~correct.to(torch.bool) & nonempty  # (B,)
 
@@ -91,6 +94,7 @@ def likelihood_displacement(
                 out[f"lld/{name}_logp_before"] = before.item()
                 out[f"lld/{name}_logp_after"] = after.item()
                 out[f"lld/{name}_logp_delta"] = (after - before).item()
+                out[f"lld/{name}_logp_per_token"] = (seq_old[rows].sum() / n_tokens[rows].sum()).item()
         if is_correct.any():
             fell = (seq_new - seq_old)[is_correct] < 0  # (N+,)
             out["lld/frac_correct_fell"] = fell.float().mean().item()
@@ -109,7 +113,7 @@ def likelihood_displacement(
 
 
 def response_likelihood(logprobs: torch.Tensor, loss_mask: torch.Tensor, correct: torch.Tensor) -> Metrics:
-    """Mean sequence log-likelihood of correct and of incorrect responses under one policy.
+    """Mean log-likelihood of correct and of incorrect responses under one policy, per response and per token.
 
     Args:
         logprobs: (B, T) log-probs of the sampled tokens (the rollout policy's ``old_logprobs``).
@@ -118,7 +122,12 @@ def response_likelihood(logprobs: torch.Tensor, loss_mask: torch.Tensor, correct
 
     The "before" half of :func:`likelihood_displacement`, cheap enough for every step (no extra
     forward pass), so the phase detector sees the likelihood series at every step. Returns
-    ``lld/{correct,incorrect}_logp_before`` (absent when a set is empty) and ``lld/num_{correct,incorrect}``.
+    (absent when a set is empty, except the counts):
+        ``lld/{correct,incorrect}_logp_before``: mean sequence log-likelihood (sum over the response's tokens).
+        ``lld/{correct,incorrect}_logp_per_token``: mean token log-prob over all trained tokens of the set's
+            responses (pooled: total log-likelihood / total tokens). Unlike the sequence sum it does not fall
+            when responses get longer at unchanged per-token likelihood, so the phase detector reads this one.
+        ``lld/num_{correct,incorrect}``: non-empty responses in each set (counts).
     """
     _check_bt("logprobs", logprobs, loss_mask.shape)
     if correct.shape != loss_mask.shape[:1]:
@@ -126,13 +135,15 @@ def response_likelihood(logprobs: torch.Tensor, loss_mask: torch.Tensor, correct
     with torch.no_grad():
         mask = loss_mask.to(torch.float32)
         seq = (logprobs.detach().float() * mask).sum(-1)  # (B,)
-        nonempty = mask.sum(-1) > 0
+        n_tokens = mask.sum(-1)  # (B,)
+        nonempty = n_tokens > 0
         out: Metrics = {}
         for name, rows in (("correct", correct.bool() & nonempty), ("incorrect", ~correct.bool() & nonempty)):
             n = int(rows.sum().item())
             out[f"lld/num_{name}"] = float(n)
             if n:
                 out[f"lld/{name}_logp_before"] = seq[rows].mean().item()
+                out[f"lld/{name}_logp_per_token"] = (seq[rows].sum() / n_tokens[rows].sum()).item()
     return out
 
 
@@ -180,6 +191,7 @@ def probe_drift(
     ``now − reference``, negative = the likelihood fell):
         ``probe/{correct,incorrect}_logp``: mean sequence log-likelihood of correct / incorrect responses;
         ``probe/{correct,incorrect}_logp_delta``; ``probe/frac_correct_fell`` (strictly fell);
+        ``probe/{correct,incorrect}_logp_per_token``: pooled mean token log-prob of the set's responses now;
         ``probe/kl_ref``: token-mean k3 estimate of KL(π_ref‖π), unbiased when the probe responses were
             sampled from π_ref (probes made in this run), a likelihood-ratio drift measure otherwise.
     """
@@ -190,12 +202,14 @@ def probe_drift(
         mask = loss_mask.to(torch.float32)
         ref_seq = (ref_logprobs.detach().float() * mask).sum(-1)  # (B,)
         now_seq = (logprobs.detach().float() * mask).sum(-1)  # (B,)
-        nonempty = mask.sum(-1) > 0
+        n_tokens = mask.sum(-1)  # (B,)
+        nonempty = n_tokens > 0
         out: Metrics = {}
         for name, rows in (("correct", correct.bool() & nonempty), ("incorrect", ~correct.bool() & nonempty)):
             if rows.any():
                 out[f"probe/{name}_logp"] = now_seq[rows].mean().item()
                 out[f"probe/{name}_logp_delta"] = (now_seq[rows] - ref_seq[rows]).mean().item()
+                out[f"probe/{name}_logp_per_token"] = (now_seq[rows].sum() / n_tokens[rows].sum()).item()
         rows = correct.bool() & nonempty
         if rows.any():
             out["probe/frac_correct_fell"] = (now_seq[rows] < ref_seq[rows]).float().mean().item()

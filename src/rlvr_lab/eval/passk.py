@@ -1,4 +1,4 @@
-"""Unbiased pass@k (Chen et al., arXiv 2107.03374, eq. 1) and its sampling error."""
+"""Unbiased pass@k (Chen et al., arXiv 2107.03374, eq. 1), its sampling error, and paired differences."""
 
 from __future__ import annotations
 
@@ -38,3 +38,20 @@ def standard_error(values: Sequence[float]) -> float:
     mu = sum(values) / m
     var = sum((v - mu) ** 2 for v in values) / (m - 1)
     return math.sqrt(var / m)
+
+
+def paired_difference(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """(mean of ``after[i] - before[i]``, standard error of that mean) over the same problems.
+
+    Both evaluations score the same questions, so their per-problem values are correlated (an easy
+    question tends to be solved before and after). The standard error of the per-problem differences
+    counts that correlation; ``sqrt(se_before**2 + se_after**2)`` assumes independent samples and,
+    for positively correlated values, overstates the uncertainty of the change.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired values need one value per problem on each side, got {len(before)} before "
+                         f"and {len(after)} after")
+    if not before:
+        raise ValueError("no problems")
+    diffs = [a - b for b, a in zip(before, after)]
+    return sum(diffs) / len(diffs), standard_error(diffs)

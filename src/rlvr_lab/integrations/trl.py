@@ -25,7 +25,7 @@ pattern (``trl.experimental.gmpo.GMPOTrainer`` overrides only ``_compute_loss``;
   :func:`rlvr_lab.train.step.micro_batch_loss`: policy loss, token overrides, aggregation, KL,
   entropy bonus, auxiliary losses.
 
-The method is named like rlvr-lab's presets (``method="llds"`` reads ``configs/llds.yaml``), or
+The method is named like rlvr-lab's presets (``method="llds"`` reads the packaged preset ``llds``), or
 given as an ``algorithm`` block. ``overrides`` are ``key.path=value`` strings, as on the CLI.
 
 Input mapping, TRL -> rlvr-lab
@@ -123,7 +123,7 @@ from typing import Any
 
 import torch
 
-from rlvr_lab.config import Config, apply_override, build_config, deep_merge, load_config, parse_override
+from rlvr_lab.config import Config, apply_override, build_config, deep_merge, parse_override, read_config_data
 from rlvr_lab.objectives import (
     ADVANTAGE_ESTIMATORS,
     TOKEN_ADVANTAGE_MODIFIERS,
@@ -144,12 +144,12 @@ from rlvr_lab.train.step import (
     step_context,
     token_summary,
 )
+from rlvr_lab.presets import preset_names
+from rlvr_lab.presets import preset_path as packaged_preset
 from rlvr_lab.types import Batch
 
 MIN_TRL_VERSION = (1, 16)
 TESTED_TRL_VERSION = "1.16"
-# configs/ beside src/ (an editable install); a wheel has no presets: pass ``algorithm=`` or a YAML path.
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 # Columns this trainer adds to TRL's generation batch. TRL shuffles and splits every (B, ...) tensor
 # of that dict in unison, so each column follows its rows into the micro-batches.
@@ -181,22 +181,20 @@ TRL_LOSS_OPTIONS = (
 
 
 def available_methods() -> list[str]:
-    """Preset names that ``method=`` accepts (the YAML files in ``configs/``)."""
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
+    """Preset names that ``method=`` accepts (the packaged presets, :mod:`rlvr_lab.presets`)."""
+    return preset_names()
 
 
 def preset_path(method: str) -> Path:
-    """``configs/<method>.yaml``, or ``method`` itself when it is a path to a YAML file."""
+    """The packaged preset ``method``, or ``method`` itself when it is a path to a YAML file."""
     path = Path(method)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    candidate = CONFIGS / f"{method}.yaml"
-    if candidate.is_file():
-        return candidate
-    known = available_methods()
-    where = (f"presets in {CONFIGS}: {', '.join(known)}" if known
-             else f"no presets found in {CONFIGS} (not an editable install?)")
-    raise ValueError(f"unknown method {method!r}; {where}. Pass algorithm={{...}} or a path to a YAML file instead.")
+    try:
+        return packaged_preset(method)
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; presets: {', '.join(available_methods())}. "
+                         "Pass algorithm={...} or a path to a YAML file instead.") from None
 
 
 def trl_shape(trl_args: Any, *, num_processes: int = 1) -> dict[str, Any]:
@@ -236,8 +234,7 @@ def method_config(
     if method is not None and algorithm is not None:
         raise ValueError("pass either method= (a preset name) or algorithm= (an algorithm block), not both")
     if algorithm is None:
-        preset = load_config(None, presets=[preset_path(method or "grpo")])
-        data = preset.model_dump(mode="json", exclude_unset=True)  # what the YAML files say, `extends` resolved
+        data = read_config_data(preset_path(method or "grpo"))  # what the YAML files say, `extends` merged
     else:
         block = algorithm.model_dump(mode="json") if hasattr(algorithm, "model_dump") else dict(algorithm)
         data = {"algorithm": block}

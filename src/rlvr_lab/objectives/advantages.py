@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rlvr_lab.objectives.context import StepContext
-from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS
+from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, Bool, Float
 
 
 def group_advantages(
@@ -46,7 +46,12 @@ def group_advantages(
     return centred / (std + eps)
 
 
-@ADVANTAGE_ESTIMATORS.register("grpo")
+@ADVANTAGE_ESTIMATORS.register(
+    "grpo",
+    params={"std_unbiased": Bool(help="Unbiased (n-1) group std, as verl; false: population std."),
+            "eps": Float(ge=0, help="Added to the group std before dividing.")},
+    paper="arXiv 2402.03300 (GRPO), eq. 3", summary="group z-score of the rewards",
+)
 def grpo_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, std_unbiased: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -54,7 +59,9 @@ def grpo_advantages(
     return group_advantages(rewards, std_normalize=True, std_unbiased=std_unbiased, eps=eps)
 
 
-@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+@ADVANTAGE_ESTIMATORS.register(
+    "dr_grpo", paper="arXiv 2503.20783 (Dr.GRPO), sec. 3.2", summary="group-centred reward, no std division"
+)
 def dr_grpo_advantages(rewards: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
     """Dr.GRPO: group-centred reward without std division (arXiv 2503.20783), (P, G) -> (P, G)."""
     return group_advantages(rewards, std_normalize=False)

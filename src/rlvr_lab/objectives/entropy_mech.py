@@ -21,7 +21,7 @@ import torch
 from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
 from rlvr_lab.objectives.policy_losses import LOG_RATIO_CLAMP
-from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES
+from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES, Float, Int
 
 Metrics = dict[str, torch.Tensor]
 
@@ -130,7 +130,17 @@ def _clipped_by_base(loss: torch.Tensor, unclipped: torch.Tensor) -> torch.Tenso
     return loss > unclipped + _CLIPPED_RTOL * (1.0 + unclipped.abs())
 
 
-@TOKEN_LOSS_OVERRIDES.register("clip_cov")
+@TOKEN_LOSS_OVERRIDES.register(
+    "clip_cov",
+    params={"ratio": Float(ge=0, le=1, help="Share of valid tokens whose loss is zeroed (2e-4)."),
+            "lb": Float(help="Lower bound of the covariance window."),
+            "ub": Float(help="Upper bound of the covariance window (must exceed lb)."),
+            "seed": Int(nullable=True, help="Fixed seed of the token draw (null: the run seed and RL step).")},
+    paper="arXiv 2505.22617 (Entropy Mechanism), sec. 4, Clip-Cov",
+    summary="zero the loss of a few random high-covariance tokens",
+    acts_on=("clip_cov/num_zeroed", "unclipped tokens whose centred advantage x centred log-prob lies in (lb, ub); "
+             "the window (1, 5) is calibrated on 7B-32B models, a small or flat policy may have none"),
+)
 def clip_cov_override(
     loss: torch.Tensor,
     policy_logprobs: torch.Tensor,
@@ -190,7 +200,14 @@ def kl_cov_select(cov: torch.Tensor, loss_mask: torch.Tensor, *, frac: float) ->
     return rank_select(cov, m, selection_count(m.sum(), frac), largest=True)
 
 
-@TOKEN_LOSS_OVERRIDES.register("kl_cov")
+@TOKEN_LOSS_OVERRIDES.register(
+    "kl_cov",
+    params={"frac": Float(ge=0, le=1, help="Share of valid tokens with the largest covariance (2e-3)."),
+            "coef": Float(ge=0, help="Weight of |logp - logp_old| on the selected tokens.")},
+    paper="arXiv 2505.22617 (Entropy Mechanism), sec. 4, KL-Cov",
+    summary="|log-ratio| penalty on the top-covariance tokens",
+    off_policy="its |logp - logp_old| penalty is 0 with a 0 gradient, and its unclipped surrogate equals the clipped one",
+)
 def kl_cov_override(
     loss: torch.Tensor,
     policy_logprobs: torch.Tensor,

@@ -21,7 +21,7 @@ from rlvr_lab.objectives.advantages import group_advantages
 from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
 from rlvr_lab.objectives.policy_losses import LOG_RATIO_CLAMP
-from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, Bool, Float
 
 Metrics = dict[str, torch.Tensor]
 
@@ -93,7 +93,15 @@ def normalized_entropy(entropies: torch.Tensor, stats: dict[str, torch.Tensor]) 
 # ---- 8.2 token-level group average advantage --------------------------------------------------
 
 
-@ADVANTAGE_ESTIMATORS.register("hapo_tlga")
+@ADVANTAGE_ESTIMATORS.register(
+    "hapo_tlga",
+    params={"std_normalize": Bool(help="Divide by the group's token-level std."),
+            "eps": Float(ge=0, help="Added to the std before dividing."),
+            "fallback_abs": Float(gt=0, help="|A| given to a group whose std is 0 but whose rewards are not all equal."),
+            "fallback_std_unbiased": Bool(help="Unbiased std in the fallback."),
+            "code_compat_pad_check": Bool(help="The released code's padding check.")},
+    paper="arXiv 2509.16591 (HAPO), sec. 3.1 (TLGA)", summary="token-level group average advantage",
+)
 @torch.no_grad()
 def hapo_tlga_advantages(
     rewards: torch.Tensor,
@@ -215,7 +223,19 @@ def per_token_clipped_surrogate(
     return loss, metrics
 
 
-@POLICY_LOSSES.register("hapo", needs=("entropy",))
+@POLICY_LOSSES.register(
+    "hapo",
+    params={"clip_low": Float(ge=0), "clip_high": Float(ge=0),
+            "clip_ratio_c": Float(gt=1, nullable=True, help="Dual-clip c for A < 0 (null: off)."),
+            "entropy_pivot": Float(ge=0, le=1, help="Quantile of the log-entropies used as the pivot of ĥ."),
+            "clip_alpha": Float(ge=0, help="α of the adaptive clip."),
+            "adv_beta": Float(ge=0, help="β of the advantage redistribution."),
+            "code_compat_sign": Bool(help="The released code's sign of scale_neg (every ĥ >= 0).")},
+    paper="arXiv 2509.16591 (HAPO), sec. 3.2-3.3", summary="entropy-adaptive clip and advantage redistribution",
+    needs=("entropy",),
+    off_policy="its adaptive clip never binds and every token sits in the neutral zone of the redistribution "
+    "(only the low-entropy reweighting remains)",
+)
 def hapo_loss(
     policy_logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

@@ -22,7 +22,7 @@ import torch
 
 from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
-from rlvr_lab.objectives.registry import AUX_LOSSES
+from rlvr_lab.objectives.registry import AUX_LOSSES, Bool, Choice, Float
 
 Metrics = dict[str, torch.Tensor]
 
@@ -146,7 +146,21 @@ def _valid_search_mean(ctx: StepContext | None) -> torch.Tensor:
     )
 
 
-@AUX_LOSSES.register("llds", needs_off_policy=True)
+@AUX_LOSSES.register(
+    "llds",
+    params={"lam": Float(ge=0, help="λ: weight of the regulariser (0.2 with the code's normalisation)."),
+            "gate": Choice(*LLDS_GATES, help="Granularity of the gate: action (A-gate), response or token."),
+            "norm": Choice(*LLDS_NORMS, help="code: token-mean as the official code; paper: eq. 4's |Y_pre|."),
+            "preserve": Choice(*PRESERVE_RULES, help="Responses whose likelihood is preserved."),
+            "mask_answer": Bool(help="LLDS-MA: down-weight the final answer span (tool-use rollouts only)."),
+            "answer_weight": Choice(*ANSWER_WEIGHTS, help="β_ans rule of LLDS-MA."),
+            "valid_search_target": Float(gt=0, help="V_s at which β_ans reaches 1 (paper: 2)."),
+            "lam_ans": Float(ge=0, help="Answer-span weight of the code_fixed rule.")},
+    paper="arXiv 2512.04220 (LLDS), eq. 4-5", summary="likelihood-preserving regulariser on A >= 0 responses",
+    acts_on=("llds/frac_gated", "A >= 0 responses whose likelihood fell under the update (an off-policy step)"),
+    needs=("action_ids",),
+    off_policy="its loss compares the policy with old_logprobs before the policy has moved, so it is identically 0",
+)
 def llds_loss(
     policy_logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

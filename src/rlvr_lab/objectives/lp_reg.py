@@ -25,7 +25,7 @@ from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
 from rlvr_lab.objectives.entropy_mech import rank_select, token_ratio
 from rlvr_lab.objectives.kl import KL_KINDS, kl_estimate
-from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES
+from rlvr_lab.objectives.registry import TOKEN_LOSS_OVERRIDES, Choice, Float
 
 Metrics = dict[str, torch.Tensor]
 
@@ -180,6 +180,18 @@ def lp_reg_token_loss(
 
 @TOKEN_LOSS_OVERRIDES.register(
     "lp_reg",
+    params={"rho_neg": Float(ge=0, le=1, help="Share of negative-advantage tokens selected (lowest probability)."),
+            "rho_pos": Float(ge=0, le=1, help="Share of positive-advantage tokens selected."),
+            "coef": Float(ge=0, help="Weight of the KL to the proxy."),
+            "kl_type": Choice(*KL_KINDS, help="KL estimator toward the proxy."),
+            "kl_clamp": Float(gt=0, nullable=True, help="Clamp of the per-token KL estimate."),
+            "rounding": Choice(*ROUNDINGS, help="How rho·N becomes a token count."),
+            "kappa": Float(gt=0, le=1, help="min-p κ of the proxy."),
+            "threshold": Choice(*THRESHOLDS, help="minp: κ·max prob; fixed: κ."),
+            "fill": Choice(*FILLS, help="How the proxy treats tokens below the threshold.")},
+    paper="arXiv 2510.03222 (Lp-Reg), sec. 3", summary="low-probability tokens regularised toward a min-p proxy",
+    acts_on=("lp_reg/num_regularized", "among the rho lowest-probability tokens of a sign (at least 1/rho of them per "
+             "micro-batch), some the min-p proxy keeps (probability >= kappa x the most likely token's)"),
     needs=("proxy_logprobs",),
     proxy_fn=lp_reg_proxy_logprobs,
     proxy_params=("kappa", "threshold", "fill"),

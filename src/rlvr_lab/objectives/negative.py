@@ -24,11 +24,16 @@ import torch
 from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
 from rlvr_lab.objectives.passk import binary_outcomes
-from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS
+from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS, Bool, Choice, Float
 
 Metrics = dict[str, torch.Tensor]
 
 W_REINFORCE_BASELINES = ("none", "mean")
+
+
+def _outcome_metrics_hook(rewards, advantages, ctx, *, keep=None, **_) -> Metrics:
+    """Registry ``metrics`` hook (spec 6.2 logging); ``keep`` (P, G) is the estimator's sample filter."""
+    return outcome_metrics(rewards, ctx, keep=keep)
 
 
 # ---- 6.1 GRPO-N ---------------------------------------------------------------------------------
@@ -54,7 +59,13 @@ def grpo_n_keep(
     return keep
 
 
-@TOKEN_ADVANTAGE_MODIFIERS.register("grpo_n", sample_filter=grpo_n_keep)
+@TOKEN_ADVANTAGE_MODIFIERS.register(
+    "grpo_n",
+    params={"mask_positive": Bool(help="Zero the positive advantages (A' = min(A, 0))."),
+            "drop_positive_from_denominator": Bool(help="Remove the positive responses from the batch.")},
+    paper="arXiv 2510.04028, sec. 4 (GRPO-N)", summary="keep only negative group-relative advantages",
+    sample_filter=grpo_n_keep,
+)
 def grpo_n_advantages(
     advantages: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -96,7 +107,13 @@ def psr_keep(
     return correct if subset else torch.ones_like(correct)
 
 
-@ADVANTAGE_ESTIMATORS.register("psr", sample_filter=psr_keep)
+@ADVANTAGE_ESTIMATORS.register(
+    "psr",
+    params={"pos_reward": Float(gt=0, help="Advantage of a correct response."),
+            "subset": Bool(help="Remove the incorrect responses from the batch.")},
+    paper="arXiv 2506.01347 (PSR), sec. 3", summary="reinforce correct responses only",
+    sample_filter=psr_keep, metrics=_outcome_metrics_hook,
+)
 def psr_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, pos_reward: float = 1.0, subset: bool = True
 ) -> torch.Tensor:
@@ -121,7 +138,13 @@ def nsr_keep(
     return ~correct if subset else torch.ones_like(correct)
 
 
-@ADVANTAGE_ESTIMATORS.register("nsr", sample_filter=nsr_keep)
+@ADVANTAGE_ESTIMATORS.register(
+    "nsr",
+    params={"neg_reward": Float(lt=0, help="Advantage of an incorrect response."),
+            "subset": Bool(help="Remove the correct responses from the batch.")},
+    paper="arXiv 2506.01347 (NSR), sec. 3", summary="penalise incorrect responses only",
+    sample_filter=nsr_keep, metrics=_outcome_metrics_hook,
+)
 def nsr_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, neg_reward: float = -1.0, subset: bool = True
 ) -> torch.Tensor:
@@ -135,7 +158,14 @@ def nsr_advantages(
     return torch.where(correct, 0.0, neg_reward).to(torch.float32)
 
 
-@ADVANTAGE_ESTIMATORS.register("w_reinforce")
+@ADVANTAGE_ESTIMATORS.register(
+    "w_reinforce",
+    params={"lambda_pos": Float(ge=0, help="λ: advantage of a correct response (0.1)."),
+            "neg_reward": Float(lt=0, help="Advantage of an incorrect response."),
+            "baseline": Choice(*W_REINFORCE_BASELINES, help="Subtract the group mean (inferred option).")},
+    paper="arXiv 2506.01347 (W-REINFORCE), sec. 5", summary="weighted REINFORCE, down-weighting positives",
+    metrics=_outcome_metrics_hook,
+)
 def w_reinforce_advantages(
     rewards: torch.Tensor,
     ctx: StepContext | None = None,

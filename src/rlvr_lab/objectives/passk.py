@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from rlvr_lab.objectives.context import StepContext
-from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS
+from rlvr_lab.objectives.registry import ADVANTAGE_ESTIMATORS, Choice, Float, Int
 
 Metrics = dict[str, torch.Tensor]
 OmegaFn = Callable[[torch.Tensor], torch.Tensor]
@@ -26,6 +26,13 @@ OmegaFn = Callable[[torch.Tensor], torch.Tensor]
 OMEGAS = ("reinforce", "grpo", "passk", "hard_example")
 RHO_SOURCES = ("empirical", "passk")
 PKPO_BASELINES = ("none", "mean")
+
+
+def _passk_metrics_hook(rewards, advantages, ctx, *, keep=None, k: int = 4, **_) -> Metrics:
+    """Registry ``metrics`` hook (spec 3 logging); skipped when ``k`` exceeds the group size."""
+    if k > rewards.shape[1]:
+        return {}
+    return passk_group_metrics(rewards, advantages, ctx, k=k)
 
 
 def binary_outcomes(rewards: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
@@ -73,7 +80,13 @@ def passk_group_terms(correct_count: torch.Tensor, n: int, k: int) -> tuple[torc
     return rho, q
 
 
-@ADVANTAGE_ESTIMATORS.register("passk")
+@ADVANTAGE_ESTIMATORS.register(
+    "passk",
+    params={"k": Int(ge=1, help="K of Pass@K; must not exceed the group size."),
+            "eps": Float(ge=0, help="Added to the std before dividing.")},
+    paper="arXiv 2508.10751 (closed form), arXiv 2510.23049", summary="analytic Pass@K-GRPO advantages",
+    metrics=_passk_metrics_hook,
+)
 def passk_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, k: int = 4, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -101,7 +114,13 @@ def passk_advantages(
     return adv.to(torch.float32)
 
 
-@ADVANTAGE_ESTIMATORS.register("pkpo")
+@ADVANTAGE_ESTIMATORS.register(
+    "pkpo",
+    params={"k": Int(ge=1, help="K of Pass@K; must not exceed the group size."),
+            "baseline": Choice(*PKPO_BASELINES, help="Subtract the group mean of the rewards.")},
+    paper="arXiv 2505.15201 (PKPO), sec. 3", summary="unbiased per-sample Pass@K rewards",
+    metrics=_passk_metrics_hook,
+)
 def pkpo_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, k: int = 4, baseline: str = "none"
 ) -> torch.Tensor:
@@ -165,7 +184,14 @@ def surrogate_value(rho: torch.Tensor | float, *, omega: str = "grpo", k: int = 
     raise ValueError(f"unknown surrogate omega {omega!r}; allowed: {', '.join(OMEGAS)}")
 
 
-@ADVANTAGE_ESTIMATORS.register("passk_surrogate")
+@ADVANTAGE_ESTIMATORS.register(
+    "passk_surrogate",
+    params={"omega": Choice(*OMEGAS, help="ω, the derivative of the surrogate reward (a callable in Python)."),
+            "k": Int(ge=1, help="K used by omega=passk and rho_source=passk."),
+            "rho_source": Choice(*RHO_SOURCES, help="ρ̂ as the group's success rate or its pass@k.")},
+    paper="arXiv 2510.23049, sec. 3 (formulas inferred)", summary="surrogate-reward advantages (1-ρ)ω(ρ), -ρω(ρ)",
+    metrics=_passk_metrics_hook,
+)
 def surrogate_advantages(
     rewards: torch.Tensor,
     ctx: StepContext | None = None,

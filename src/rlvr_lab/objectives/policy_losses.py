@@ -11,7 +11,7 @@ import torch
 
 from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.objectives.context import StepContext
-from rlvr_lab.objectives.registry import POLICY_LOSSES
+from rlvr_lab.objectives.registry import POLICY_LOSSES, Float
 
 Metrics = dict[str, torch.Tensor]
 
@@ -55,7 +55,23 @@ def clipped_surrogate(
     return loss, metrics
 
 
-@POLICY_LOSSES.register("ppo_clip")
+def _ppo_clip_off_policy(params) -> str | None:
+    # On-policy the ratio is 1 everywhere: a symmetric clip is plain GRPO by design, but clip-higher
+    # (DAPO) and dual-clip only act on ratios away from 1.
+    if params["clip_low"] != params["clip_high"] or params["clip_ratio_c"] is not None:
+        return "its asymmetric clip range (clip-higher) and dual clip only act on ratios away from 1"
+    return None
+
+
+@POLICY_LOSSES.register(
+    "ppo_clip",
+    params={"clip_low": Float(ge=0, help="ε_low: the ratio is clipped below at 1 - clip_low."),
+            "clip_high": Float(ge=0, help="ε_high: the ratio is clipped above at 1 + clip_high (DAPO: 0.28)."),
+            "clip_ratio_c": Float(gt=1, nullable=True, help="Dual-clip c for A < 0 (null: off).")},
+    paper="arXiv 1707.06347 (PPO), eq. 7; clip-higher arXiv 2503.14476 (DAPO), sec. 3.1",
+    summary="token-level PPO clipped surrogate",
+    off_policy=_ppo_clip_off_policy,
+)
 def ppo_clip_loss(
     policy_logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -77,7 +93,14 @@ def ppo_clip_loss(
     return loss, metrics
 
 
-@POLICY_LOSSES.register("gspo", aggregation="seq-mean-token-mean")
+@POLICY_LOSSES.register(
+    "gspo",
+    params={"clip_low": Float(ge=0, help="Lower clip of the sequence ratio (3e-4)."),
+            "clip_high": Float(ge=0, help="Upper clip of the sequence ratio (4e-4).")},
+    paper="arXiv 2507.18071 (GSPO), eq. 5-7", summary="sequence-level importance ratio, clipped",
+    off_policy="its sequence-level ratio is 1 and never clipped, leaving GRPO with seq-mean-token-mean",
+    aggregation="seq-mean-token-mean",
+)
 def gspo_loss(
     policy_logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

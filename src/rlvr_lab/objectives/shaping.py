@@ -8,9 +8,10 @@ import torch
 def overlong_penalty(
     lengths: torch.Tensor, *, max_len: int, cache_len: int, factor: float = 1.0
 ) -> torch.Tensor:
-    """Soft overlong punishment ``min(-(|y| - (L_max - L_cache)) / L_cache · f, 0)`` (DAPO eq. 13).
+    """Soft overlong punishment (DAPO, arXiv 2503.14476, eq. 13), times ``factor``:
 
-    0 up to ``L_max - L_cache`` tokens, then linear down to ``-factor`` at ``L_max``.
+    0 up to ``L_max - L_cache`` tokens, then ``((L_max - L_cache) - |y|) / L_cache`` (linear down to
+    -1 at ``L_max``), and exactly -1 beyond ``L_max``: the penalty never falls below ``-factor``.
 
     Args:
         lengths: (B,) response lengths in tokens.
@@ -20,7 +21,8 @@ def overlong_penalty(
     if not 0 < cache_len <= max_len:
         raise ValueError(f"need 0 < cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
     expected = max_len - cache_len
-    return (-(lengths.float() - expected) / cache_len * factor).clamp(max=0.0)
+    ramp = (-(lengths.float() - expected) / cache_len).clamp(min=-1.0, max=0.0)  # (B,) in [-1, 0]
+    return ramp * factor
 
 
 def informative_groups(rewards: torch.Tensor, *, atol: float = 0.0) -> torch.Tensor:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvr_lab.objectives.context import StepContext
-from rlvr_lab.objectives.registry import TOKEN_ADVANTAGE_MODIFIERS
+from rlvr_lab.objectives.registry import TOKEN_ADVANTAGE_MODIFIERS, Choice, Float, Str
 
 Metrics = dict[str, torch.Tensor]
 
@@ -404,7 +404,17 @@ def _above(x: torch.Tensor, tau: torch.Tensor, rtol: float) -> torch.Tensor:
     return x > (tau + margin).view(-1, 1, 1)
 
 
-@TOKEN_ADVANTAGE_MODIFIERS.register("nthr")
+@TOKEN_ADVANTAGE_MODIFIERS.register(
+    "nthr",
+    params={"beta_tau": Float(help="β of the threshold τ = β·(weakest correct response's mean score); -inf: all."),
+            "eta": Float(ge=0, nullable=True, help="Penalty scale (null: 2|0.5 - |P|/G|)."),
+            "rtol": Float(ge=0, help="Relative tie tolerance at the threshold."),
+            "score_key": Str(help="ctx.extras key of the (B, T) token scores.")},
+    paper="arXiv 2505.18830 (NTHR), sec. 5", summary="selective penalisation of influential negative tokens",
+    acts_on=("nthr/num_selected", "mixed groups (some correct, some wrong responses) with negative tokens whose "
+             "influence score exceeds the threshold"),
+    needs=(SCORE_KEY,),
+)
 @torch.no_grad()
 def nthr_advantages(
     advantages: torch.Tensor,
@@ -459,7 +469,17 @@ def nthr_advantages(
 THR_MODES = ("reweight", "only")
 
 
-@TOKEN_ADVANTAGE_MODIFIERS.register("thr")
+@TOKEN_ADVANTAGE_MODIFIERS.register(
+    "thr",
+    params={"p": Float(ge=-1, le=1, help="Reweighting strength: > 0 exploits, < 0 explores."),
+            "beta_tau": Float(help="β of the NTHR-style anchor threshold."),
+            "mode": Choice(*THR_MODES, help="reweight every token, or only the tokens above the threshold."),
+            "rtol": Float(ge=0, help="Relative tie tolerance at the threshold."),
+            "entropy_top_frac": Float(ge=0, le=1, help="Share of highest-entropy tokens considered."),
+            "score_key": Str(help="ctx.extras key of the (B, T) token scores.")},
+    paper="arXiv 2510.03669 (THR), sec. 4 (reweighting inferred)", summary="token-hidden-reward reweighting",
+    needs=(SCORE_KEY,),
+)
 @torch.no_grad()
 def thr_advantages(
     advantages: torch.Tensor,

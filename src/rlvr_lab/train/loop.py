@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from rlvr_lab.config import Config, dump_config
-from rlvr_lab.eval.evaluate import evaluate
+from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
+from rlvr_lab.eval.passk import paired_difference
 from rlvr_lab.models import load_model_and_tokenizer
 from rlvr_lab.objectives import (
     ADVANTAGE_ESTIMATORS,
@@ -66,10 +67,8 @@ def pick_device(name: str) -> str:
 
 
 def max_response_tokens(cfg: Config) -> int:
-    """The longest response a rollout can produce: one turn, or with search every model turn plus every
-    observation (a bound used as T_norm of seq-mean-token-sum-norm when ``algorithm.t_norm`` is unset)."""
-    turn, s = cfg.rollout.max_new_tokens, cfg.search
-    return turn if not s.enabled else turn * (s.max_turns + 1) + s.max_obs_tokens * s.max_turns
+    """The longest response a rollout can produce (:meth:`Config.max_response_tokens`)."""
+    return cfg.max_response_tokens()
 
 
 def loss_spec(cfg: Config) -> LossSpec:
@@ -314,7 +313,7 @@ class Trainer:
             if not ds.enabled:
                 kept, n_kept = [batch], P
                 break
-            keep = informative_groups(rewards)
+            keep = informative_groups(correct if ds.metric == "acc" else rewards)
             if keep.any():
                 rows = keep.repeat_interleave(G).nonzero().flatten()
                 kept.append(batch.select(rows))
@@ -507,6 +506,9 @@ class Trainer:
             for step in range(1, tcfg.steps + 1):
                 record, samples = self.rl_step(step, optimizer, scheduler)
                 record["optim/lr"] = scheduler.get_last_lr()[0]
+                for message in self.methods.inactivity(step, record):
+                    self.warnings.append(message)
+                    self.report("warning", message=message)
                 stop = self.watch_phase(step, record)
                 self.metrics.write({"stage": "rl", "step": step, **record})
                 self.report("rl_step", step=step, total=tcfg.steps, record=record, samples=samples)
@@ -579,7 +581,19 @@ def advantage_summary(batch: Batch) -> dict[str, float]:
 
 
 def accuracy_gain(summary: dict[str, Any], key: str = "eval/pass@1") -> tuple[float, float]:
-    """(after - before, combined standard error) of an eval metric in a run summary."""
+    """(after - before, its standard error) of an eval metric in a run summary.
+
+    Both evaluations score the same held-out prompts, so when the summary keeps their per-prompt values
+    (``evaluate`` stores them under ``PER_PROMPT``) the error is that of the per-prompt differences
+    (paired). Without them (runs recorded before those were kept) it falls back to
+    ``sqrt(se_before**2 + se_after**2)``, which treats the two as independent and, since a question
+    solved before tends to be solved after, overstates the error.
+    """
     before, after = summary["eval"]["before_rl"], summary["eval"]["after_rl"]
-    se = math.sqrt(before.get(f"{key}_se", 0.0) ** 2 + after.get(f"{key}_se", 0.0) ** 2)
+    values_before = before.get(PER_PROMPT, {}).get(key)
+    values_after = after.get(PER_PROMPT, {}).get(key)
+    if values_before is not None and values_after is not None:
+        _, se = paired_difference(values_before, values_after)
+    else:
+        se = math.sqrt(before.get(f"{key}_se", 0.0) ** 2 + after.get(f"{key}_se", 0.0) ** 2)
     return after[key] - before[key], se

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from rlvr_lab.config import AdaptiveTemperatureConfig, Config, NamedComponent, SpearConfig
+from rlvr_lab.config import AdaptiveTemperatureConfig, Config, NamedComponent, SpearConfig, inert_methods, replay_never_triggers
 from rlvr_lab.objectives import (
     ADVANTAGE_ESTIMATORS,
     AUX_LOSSES,
@@ -51,11 +51,8 @@ from rlvr_lab.objectives.hapo import entropy_stats, hapo_temperature, logits_ent
 from rlvr_lab.objectives.llds import (
     NUM_PRESERVING_KEY,
     action_ids_from_mask,
-    llds_is_identically_zero,
     llds_num_preserving,
 )
-from rlvr_lab.objectives.negative import outcome_metrics
-from rlvr_lab.objectives.passk import passk_group_metrics
 from rlvr_lab.objectives.registry import Entry, Registry
 from rlvr_lab.objectives.spear import replay_coef, toolcall_bonus, toolcall_weight
 from rlvr_lab.objectives.thr import SCORE_KEY, compute_token_hidden_reward, positive_responses
@@ -72,35 +69,9 @@ SINGLE_TURN_PROVIDES = frozenset({"action_ids"})
 TOOL_USE_PROVIDES = frozenset({"action_ids", "answer_mask", "valid_searches", "tool_calls"})
 
 
-# ---- facts the objective modules do not declare themselves -------------------------------------
-
-
-def passk_metrics_hook(rewards, advantages, ctx, *, keep=None, k: int = 4, **_) -> dict[str, torch.Tensor]:
-    """Spec 3 logging for the Pass@K estimators; skipped when ``k`` exceeds the group size (an
-    ``omega`` of ``passk_surrogate`` that ignores ``k``)."""
-    if k > rewards.shape[1]:
-        return {}
-    return passk_group_metrics(rewards, advantages, ctx, k=k)
-
-
-def outcome_metrics_hook(rewards, advantages, ctx, *, keep=None, **_) -> dict[str, torch.Tensor]:
-    """Spec 6.2 logging for PSR/NSR/W-REINFORCE; ``keep`` (P, G) is the estimator's sample filter."""
-    return outcome_metrics(rewards, ctx, keep=keep)
-
-
-for _name in ("passk", "pkpo", "passk_surrogate"):
-    ADVANTAGE_ESTIMATORS.annotate(_name, metrics=passk_metrics_hook)
-for _name in ("psr", "nsr", "w_reinforce"):
-    ADVANTAGE_ESTIMATORS.annotate(_name, metrics=outcome_metrics_hook)
-for _name in ("nthr", "thr"):
-    TOKEN_ADVANTAGE_MODIFIERS.annotate(_name, needs=(SCORE_KEY,))
-AUX_LOSSES.annotate("llds", needs=("action_ids",))
-
-
 def with_defaults(entry: Entry, params: dict[str, Any]) -> dict[str, Any]:
     """The component's keyword defaults overlaid with the configured ``params``."""
-    defaults = {n: p.default for n, p in entry.keyword_params().items()}
-    return {**defaults, **params}
+    return entry.with_defaults(params)
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -237,13 +208,7 @@ class Spear:
 
 def components(cfg: Config) -> list[tuple[Registry, NamedComponent]]:
     """Every configured objective component with its registry."""
-    algo = cfg.algorithm
-    return [
-        (ADVANTAGE_ESTIMATORS, algo.advantage), (POLICY_LOSSES, algo.policy_loss),
-        *((TOKEN_ADVANTAGE_MODIFIERS, c) for c in algo.token_modifiers),
-        *((TOKEN_LOSS_OVERRIDES, c) for c in algo.token_overrides),
-        *((AUX_LOSSES, c) for c in algo.aux_losses),
-    ]
+    return [(registry, comp) for _, registry, comp in cfg.algorithm.components()]
 
 
 def components_needing(cfg: Config, what: str) -> list[tuple[Entry, dict[str, Any]]]:
@@ -251,7 +216,7 @@ def components_needing(cfg: Config, what: str) -> list[tuple[Entry, dict[str, An
     out = []
     for registry, comp in components(cfg):
         entry = registry.entry(comp.name)
-        if what in entry.meta.get("needs", ()):
+        if what in entry.needs:
             out.append((entry, with_defaults(entry, comp.params)))
     return out
 
@@ -270,18 +235,11 @@ def check_inputs(cfg: Config, provides: frozenset[str] = SINGLE_TURN_PROVIDES) -
 
 
 def startup_warnings(cfg: Config) -> list[str]:
-    """Configurations that silently make a method do nothing: LLDS with one mini-batch and one epoch
-    (the policy has not moved when its loss is evaluated, so the displacement is exactly 0)."""
-    t = cfg.train
-    out = []
-    for registry, comp in components(cfg):
-        if registry.entry(comp.name).meta.get("needs_off_policy") and llds_is_identically_zero(t.minibatches, t.epochs):
-            out.append(
-                f"{comp.name} is identically zero with train.minibatches=1 and train.epochs=1: its loss compares the "
-                "policy with old_logprobs before the policy has moved. Use train.minibatches >= 2 "
-                "(configs/llds.yaml) or train.epochs >= 2."
-            )
-    return out
+    """Configurations in which a method can have no effect, run anyway because the user set
+    ``train.allow_inert_methods`` (config validation refuses them otherwise)."""
+    out = [f"{message} It runs anyway (train.allow_inert_methods=true)." for message in inert_methods(cfg)]
+    never = replay_never_triggers(cfg)
+    return out + ([never] if never else [])
 
 
 class Methods:
@@ -294,6 +252,7 @@ class Methods:
         base_t = r.temperature if r.temperature > 0 else 1.0
         self.adaptive = None if r.adaptive_temperature is None else AdaptiveTemperature(r.adaptive_temperature, base_t)
         self.spear = None if algo.spear is None else Spear(algo.spear, pad_token_id=pad_token_id)
+        self.idle: dict[str, int] = {}  # acts_on metric -> consecutive steps at 0
 
     def _needs(self, what: str) -> list[tuple[Entry, dict[str, Any]]]:
         return components_needing(self.cfg, what)
@@ -397,6 +356,21 @@ class Methods:
             return out
 
         return extras
+
+    def inactivity(self, step: int, record: dict[str, Any]) -> list[str]:
+        """Warnings, once each, for components that have acted on nothing for ``observe.inactive_steps``
+        consecutive steps (their registry ``acts_on`` metric is 0 in every one of them)."""
+        limit, out = self.cfg.observe.inactive_steps, []
+        for registry, comp in components(self.cfg):
+            acts_on = registry.entry(comp.name).acts_on
+            if not limit or acts_on is None or acts_on[0] not in record:
+                continue
+            key, condition = acts_on
+            self.idle[key] = self.idle.get(key, 0) + 1 if record[key] == 0 else 0
+            if self.idle[key] == limit:
+                out.append(f"step {step}: {comp.name} has changed nothing for {limit} consecutive steps ({key} = 0), "
+                           f"so the update is the same as without it. It needs {condition}.")
+        return out
 
     def rollout_metrics(self) -> Metrics:
         return self.adaptive.metrics() if self.adaptive is not None else {}

@@ -132,4 +132,10 @@ class Observer:
         return probe_drift(b.ref_logprobs, logprobs.cpu(), b.loss_mask, b.extras["correct"])
 
     def phase(self, step: int, record: dict[str, float]) -> PhaseReport | None:
+        """Label the step from its whole record; None when the detector is off.
+
+        The detector reads the per-token likelihood of correct responses (``lld/correct_logp_per_token``, from
+        :meth:`before_update`), ``reward/mean``, ``policy/grad_norm`` and ``policy/entropy``, and on probe steps
+        ``probe/correct_logp_per_token`` (evidence only); the keys are fields of :class:`PhaseConfig`.
+        """
         return None if self.detector is None else self.detector.update(step, record)

@@ -63,7 +63,7 @@ class LossSpec:
     def needs_current_entropy(self) -> bool:
         """Entropy of the current policy: for the entropy bonus or a component that declares it."""
         return self.entropy_coef > 0 or any(
-            "entropy" in registry.entry(name).meta.get("needs", ())
+            "entropy" in registry.entry(name).needs
             for registry, comps in ((TOKEN_LOSS_OVERRIDES, self.token_overrides), (AUX_LOSSES, self.aux_losses),
                                     (POLICY_LOSSES, ((self.policy_loss, {}),)))
             for name, _ in comps

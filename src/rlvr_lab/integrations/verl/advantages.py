@@ -72,7 +72,7 @@ def _check_trainer_settings(name: str, plan: EstimatorPlan, config: Any, rewards
     filter_groups = field_of(config, "filter_groups")
     if plan.dynamic_sampling and not field_of(filter_groups, "enable"):
         warn_once(f"{name}/filter_groups", (
-            f"{name}: configs/{plan.preset}.yaml drops groups whose rewards are all equal (DAPO dynamic sampling) but "
+            f"{name}: preset {plan.preset} drops groups whose rewards are all equal (DAPO dynamic sampling) but "
             "verl's algorithm.filter_groups.enable is false; set algorithm.filter_groups.enable=true "
             "algorithm.filter_groups.metric=reward algorithm.filter_groups.max_num_gen_batches=10"))
     if plan.advantage == "grpo" and field_of(config, "norm_adv_by_std_in_grpo") is False:
@@ -150,6 +150,6 @@ def make_estimator(preset: str) -> Callable[..., tuple[torch.Tensor, torch.Tenso
         return adv, adv  # returns = advantages for outcome-reward estimators, as verl's grpo
 
     estimator.__name__ = estimator.__qualname__ = f"{name}_advantage"
-    estimator.__doc__ = f"rlvr-lab's {preset!r} method (configs/{preset}.yaml) as a verl advantage estimator."
+    estimator.__doc__ = f"rlvr-lab's {preset!r} method (preset {preset}) as a verl advantage estimator."
     estimator.rlvr_lab_preset = preset
     return estimator

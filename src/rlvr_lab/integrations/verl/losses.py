@@ -99,7 +99,7 @@ def check_actor_config(name: str, plan: LossPlan, config: Any, loss_agg_mode: st
                 + f" actor_rollout_ref.actor.entropy_coeff={plan.entropy_coef}")
         warn_once(f"{name}/kl_entropy", (
             f"{name}: verl adds the KL-to-reference and entropy terms outside the policy loss, and they differ from "
-            f"configs/{plan.preset}.yaml (KL {plan.kl_kind} coef {plan.kl_coef}, entropy bonus {plan.entropy_coef}); "
+            f"preset {plan.preset} (KL {plan.kl_kind} coef {plan.kl_coef}, entropy bonus {plan.entropy_coef}); "
             f"verl has use_kl_loss={use_kl} kl_loss_coef={kl_coef} kl_loss_type={kl_type} "
             f"entropy_coeff={ent_have}. The preset's values: {want}"))
     ignored = {verl_key: field_of(config, verl_key) for ours, verl_key in _CLIP_KEYS.items()}
@@ -194,6 +194,6 @@ def make_policy_loss(preset: str) -> Callable[..., tuple[torch.Tensor, dict[str,
         )
 
     policy_loss.__name__ = policy_loss.__qualname__ = f"{name}_policy_loss"
-    policy_loss.__doc__ = f"rlvr-lab's {preset!r} method (configs/{preset}.yaml) as a verl policy loss."
+    policy_loss.__doc__ = f"rlvr-lab's {preset!r} method (preset {preset}) as a verl policy loss."
     policy_loss.rlvr_lab_preset = preset  # marks the function as ours for the plugin's self-check
     return policy_loss

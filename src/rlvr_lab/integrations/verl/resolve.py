@@ -132,8 +132,7 @@ def _problems(preset: Preset, algo: AlgorithmConfig, side: str) -> list[str]:
 
 
 def _raise(preset: Preset, problems: list[str]) -> None:
-    native = (f"rlvr-lab's native trainer (`rlvr train <run config> --preset configs/{preset.config_file}`)"
-              if preset.config_file else "rlvr-lab's native trainer")
+    native = f"rlvr-lab's native trainer (`rlvr train <run config> --preset {preset.name}`)"
     raise UnsupportedInVerl(
         f"{verl_name(preset.name)} cannot run in an unmodified verl: " + "; ".join(problems)
         + f". Nothing was degraded silently: use {native}, or pick a method that verl can feed "

@@ -250,3 +250,9 @@ def test_rlvr_list_shows_each_method_with_parameters_defaults_and_paper():
                 assert f"{key} = {entry.defaults()[key]!r}  [{spec.allowed()}]" in out, (name, key)
     assert "needs an off-policy step (train.minibatches >= 2 or train.epochs >= 2): without one its loss compares" in out
     assert "  dapo: DAPO (arXiv 2503.14476)" in out
+
+
+def test_pass_at_k_beyond_the_group_size_fails_at_start_up():
+    with pytest.raises(ConfigError, match="'passk': k=4 exceeds the group size train.group_size=2"):
+        load_config(DEMO, presets=["passk"], overrides=["train.group_size=2"])
+    assert load_config(DEMO, presets=["pkpo"], overrides=["train.group_size=4"]).algorithm.advantage.params["k"] == 4

@@ -82,7 +82,7 @@ def read_metrics(run_dir):
 def test_every_preset_runs_and_logs_its_namespace(tmp_path, mixed_rewards, preset):
     cfg = preset_config(tmp_path, preset)
     if preset == "llds_ma":  # needs an answer span and search counts: tool-use rollouts only
-        with pytest.raises(ValueError, match="LLDS-MA.*single-turn"):
+        with pytest.raises(ValueError, match="'llds'.*answer_mask.*single-turn"):
             Trainer(cfg).run()
         return
     assert preset in NAMESPACES, f"add the metric namespace of the new preset {preset!r} to NAMESPACES"
@@ -365,6 +365,17 @@ def test_spear_replays_with_its_own_loss_after_the_update(tmp_path, mixed_reward
     assert all(x["spear/toolcall_bonus_mean"] == 0.0 for x in rl)  # single-turn: no tool calls
 
 
+def test_spear_preset_replays_on_batches_of_this_size(tmp_path, mixed_rewards):
+    """The preset's buffer is sized to the rollout batch (a quarter of it), so replay fires within a few
+    steps on small batches too, at the preset's own warm-up schedule."""
+    cfg = preset_config(tmp_path, "spear", "train.steps=4")
+    assert cfg.algorithm.spear.replay.buffer_size == 4 * 4 // 4
+    rl = [r for r in read_metrics(Trainer(cfg).run()["run_dir"]) if r["stage"] == "rl"]
+    replayed = [r["step"] for r in rl if "spear/replay_grpo_pg_loss" in r]
+    assert replayed, [(r["step"], r.get("spear/buffer_replayable")) for r in rl]
+    print(f"replay at steps {replayed} of {len(rl)}")
+
+
 def test_spear_config_is_validated():
     with pytest.raises(ConfigError, match="capacity"):
         load_config(CONFIGS / "demo.yaml", presets=["spear"],
@@ -397,3 +408,16 @@ def test_sft_loss_config_is_validated():
         load_config(CONFIGS / "demo.yaml", overrides=["sft.loss={name: div_prec, params: {bta: 1}}"])
     with pytest.raises(ConfigError, match="sft.loss.name"):
         load_config(CONFIGS / "demo.yaml", overrides=["sft.loss={name: focal}"])
+
+
+def test_llds_ma_reads_the_steps_mean_valid_searches_not_the_mini_batchs(tmp_path, tok):
+    """V_s of eq. 5 (arXiv 2512.04220) is the step's mean number of valid searches."""
+    from rlvr_lab.objectives.llds import VALID_SEARCH_MEAN_KEY
+
+    methods = Methods(load_config(CONFIGS / "demo.yaml", presets=["llds_ma"]))
+    batch = toy_batch(tok)
+    batch.extras["valid_searches"] = torch.tensor([0.0, 0, 0, 0, 4, 4, 4, 4])  # step mean 2
+    context = methods.context(0, batch)
+    first_half = batch.select(torch.arange(4))  # a mini-batch whose own mean is 0
+    assert float(context(first_half)[VALID_SEARCH_MEAN_KEY]) == 2.0
+    assert VALID_SEARCH_MEAN_KEY not in Methods(load_config(CONFIGS / "demo.yaml", presets=["llds"])).context(0, batch)(batch)

@@ -160,3 +160,16 @@ def test_bad_params_and_presets():
         (override,) = algo["token_overrides"]
         assert override == {"name": name, "params": params}
         TOKEN_LOSS_OVERRIDES.entry(name).check_params(override["params"], where=f"{name}.yaml")
+
+
+def test_clip_cov_seed_is_honoured_over_the_trainers_generator():
+    """An explicit seed wins over ctx.extras["generator"] (the trainer always sets one)."""
+    def zeroed(seed, gen_seed, step=0):
+        ctx = StepContext(global_step=step, extras={"generator": torch.Generator().manual_seed(gen_seed)})
+        _, _, out, _ = clip_cov(seed, ctx=ctx)
+        return (out == 0).nonzero().flatten().tolist()
+
+    draws = {tuple(zeroed(seed, gen_seed=0)) for seed in range(30)}
+    assert len(draws) > 1  # the seed decides, not the trainer's generator (which is the same every time)
+    assert zeroed(7, gen_seed=0) == zeroed(7, gen_seed=99)  # ... and the trainer's generator does not
+    assert len({tuple(zeroed(None, gen_seed=g)) for g in range(30)}) > 1  # without a seed the generator draws

@@ -222,7 +222,7 @@ class SpearReplayConfig(_Strict):
     minibatches: int = Field(1, ge=1, description="Optimiser steps per replay batch.")
     policy_loss: NamedComponent = Field(
         default_factory=lambda: NamedComponent(
-            name="ppo_clip", params={"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": None}
+            name=POLICY_LOSSES.default, params={"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": None}
         ),
         description="Policy loss of the replay batch (its stored old log-probs make the ratio off-policy).",
     )
@@ -274,9 +274,11 @@ class SpearConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    advantage: NamedComponent = Field(default_factory=lambda: NamedComponent(name="grpo"))
+    advantage: NamedComponent = Field(default_factory=lambda: NamedComponent(name=ADVANTAGE_ESTIMATORS.default))
     policy_loss: NamedComponent = Field(
-        default_factory=lambda: NamedComponent(name="ppo_clip", params={"clip_low": 0.2, "clip_high": 0.2})
+        default_factory=lambda: NamedComponent(
+            name=POLICY_LOSSES.default, params={"clip_low": 0.2, "clip_high": 0.2}
+        )
     )
     token_modifiers: list[NamedComponent] = Field(
         default_factory=list, description="Token-advantage modifiers applied in order (e.g. GRPO-N, NTHR)."
@@ -538,6 +540,12 @@ class Config(_Strict):
                                      "use train.old_logprobs=recompute")
         self._resolve_overlong()
         self._resolve_replay()
+        for where, registry, comp in self.algorithm.components():
+            entry = registry.entry(comp.name)
+            check = entry.meta.get("check_config")
+            problem = check(entry.with_defaults(comp.params), self) if check is not None else None
+            if problem:
+                raise ValueError(f"{where} {comp.name!r}: {problem}")
         if inert_methods(self) and not self.train.allow_inert_methods:
             raise ValueError(
                 "\n  ".join(inert_methods(self)) + "\n  Use train.minibatches >= 2 or train.epochs >= 2 (an "
@@ -702,7 +710,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key (value {err['input']!r})")
         elif isinstance(err.get("input"), (dict, list)):  # a model-level check: the message names the keys
-            lines.append(f"  {msg}" if loc == "<top level>" else f"  {loc}: {msg}")
+            named = loc == "<top level>" or msg.startswith((f"{loc}.", f"{loc}["))
+            lines.append(f"  {msg}" if named else f"  {loc}: {msg}")
         else:
             lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
     return "invalid config:\n" + "\n".join(lines)

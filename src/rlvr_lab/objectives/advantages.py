@@ -50,7 +50,7 @@ def group_advantages(
     "grpo",
     params={"std_unbiased": Bool(help="Unbiased (n-1) group std, as verl; false: population std."),
             "eps": Float(ge=0, help="Added to the group std before dividing.")},
-    paper="arXiv 2402.03300 (GRPO), eq. 3", summary="group z-score of the rewards",
+    paper="arXiv 2402.03300 (GRPO), eq. 3", summary="group z-score of the rewards", group_relative=True,
 )
 def grpo_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, std_unbiased: bool = True, eps: float = 1e-6
@@ -59,8 +59,12 @@ def grpo_advantages(
     return group_advantages(rewards, std_normalize=True, std_unbiased=std_unbiased, eps=eps)
 
 
+ADVANTAGE_ESTIMATORS.default = "grpo"
+
+
 @ADVANTAGE_ESTIMATORS.register(
-    "dr_grpo", paper="arXiv 2503.20783 (Dr.GRPO), sec. 3.2", summary="group-centred reward, no std division"
+    "dr_grpo", paper="arXiv 2503.20783 (Dr.GRPO), sec. 3.2", summary="group-centred reward, no std division",
+    group_relative=True,
 )
 def dr_grpo_advantages(rewards: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
     """Dr.GRPO: group-centred reward without std division (arXiv 2503.20783), (P, G) -> (P, G)."""

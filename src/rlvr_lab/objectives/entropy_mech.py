@@ -84,14 +84,17 @@ def token_covariance(
 def uniform_keys(shape: torch.Size, device: torch.device, ctx: StepContext | None, seed: int | None) -> torch.Tensor:
     """Uniform [0, 1) keys of ``shape`` for random token selection.
 
-    Source of randomness, first match wins: ``ctx.extras["generator"]`` (a ``torch.Generator``),
-    then ``seed`` (a fresh generator seeded with ``seed`` and ``ctx.global_step``, so each RL step
-    draws differently but reproducibly), then torch's global RNG.
+    Source of randomness, first match wins: an explicit ``seed`` (a fresh generator seeded with
+    ``seed`` and ``ctx.global_step``, so each RL step draws differently but reproducibly, whatever
+    the trainer), then ``ctx.extras["generator"]`` (the trainer's, seeded from the run seed and the
+    step), then torch's global RNG.
     """
-    gen = None if ctx is None else ctx.extras.get(GENERATOR_KEY)
-    if gen is None and seed is not None:
+    gen = None
+    if seed is not None:
         step = 0 if ctx is None else int(ctx.global_step)
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + step)
+    elif ctx is not None:
+        gen = ctx.extras.get(GENERATOR_KEY)
     if gen is None:
         return torch.rand(shape, device=device)
     return torch.rand(shape, generator=gen, device=gen.device).to(device)
@@ -138,6 +141,7 @@ def _clipped_by_base(loss: torch.Tensor, unclipped: torch.Tensor) -> torch.Tenso
             "seed": Int(nullable=True, help="Fixed seed of the token draw (null: the run seed and RL step).")},
     paper="arXiv 2505.22617 (Entropy Mechanism), sec. 4, Clip-Cov",
     summary="zero the loss of a few random high-covariance tokens",
+    extra_needs=lambda p: {"global_step"} if p["seed"] is not None else set(),
     acts_on=("clip_cov/num_zeroed", "unclipped tokens whose centred advantage x centred log-prob lies in (lb, ub); "
              "the window (1, 5) is calibrated on 7B-32B models, a small or flat policy may have none"),
 )

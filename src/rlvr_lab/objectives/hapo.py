@@ -101,6 +101,7 @@ def normalized_entropy(entropies: torch.Tensor, stats: dict[str, torch.Tensor]) 
             "fallback_std_unbiased": Bool(help="Unbiased std in the fallback."),
             "code_compat_pad_check": Bool(help="The released code's padding check.")},
     paper="arXiv 2509.16591 (HAPO), sec. 3.1 (TLGA)", summary="token-level group average advantage",
+    group_relative=True,
 )
 @torch.no_grad()
 def hapo_tlga_advantages(

@@ -157,8 +157,19 @@ def _valid_search_mean(ctx: StepContext | None) -> torch.Tensor:
             "valid_search_target": Float(gt=0, help="V_s at which β_ans reaches 1 (paper: 2)."),
             "lam_ans": Float(ge=0, help="Answer-span weight of the code_fixed rule.")},
     paper="arXiv 2512.04220 (LLDS), eq. 4-5", summary="likelihood-preserving regulariser on A >= 0 responses",
-    acts_on=("llds/frac_gated", "A >= 0 responses whose likelihood fell under the update (an off-policy step)"),
+    acts_on=("llds/frac_gated", "A >= 0 responses (or actions) whose likelihood fell under the update"),
     needs=("action_ids",),
+    extra_needs=lambda p: ({"answer_mask", "valid_searches"} if p["mask_answer"] else set())
+    | ({"mini_batch_preserving_count"} if p["norm"] == "paper" else set()),
+    minibatch_context=lambda advantages, loss_mask, *, norm, preserve, **_: (
+        {NUM_PRESERVING_KEY: llds_num_preserving(advantages, loss_mask, preserve=preserve)} if norm == "paper" else {}
+    ),
+    # eq. 5's V_s is the mean number of valid searches at the RL step: over the whole rollout batch, not
+    # over whichever mini-batch or micro-batch the loss happens to see
+    step_context=lambda rows, *, mask_answer, **_: (
+        {VALID_SEARCH_MEAN_KEY: rows["valid_searches"].float().mean()}
+        if mask_answer and rows.get("valid_searches") is not None else {}
+    ),
     off_policy="its loss compares the policy with old_logprobs before the policy has moved, so it is identically 0",
 )
 def llds_loss(

@@ -190,8 +190,8 @@ def lp_reg_token_loss(
             "threshold": Choice(*THRESHOLDS, help="minp: κ·max prob; fixed: κ."),
             "fill": Choice(*FILLS, help="How the proxy treats tokens below the threshold.")},
     paper="arXiv 2510.03222 (Lp-Reg), sec. 3", summary="low-probability tokens regularised toward a min-p proxy",
-    acts_on=("lp_reg/num_regularized", "among the rho lowest-probability tokens of a sign (at least 1/rho of them per "
-             "micro-batch), some the min-p proxy keeps (probability >= kappa x the most likely token's)"),
+    acts_on=("lp_reg/num_regularized", "the rho lowest-probability tokens of a sign (so at least 1/rho such tokens per "
+             "micro-batch) that the min-p proxy keeps (probability >= kappa x the most likely token's)"),
     needs=("proxy_logprobs",),
     proxy_fn=lp_reg_proxy_logprobs,
     proxy_params=("kappa", "threshold", "fill"),

@@ -64,7 +64,7 @@ def grpo_n_keep(
     params={"mask_positive": Bool(help="Zero the positive advantages (A' = min(A, 0))."),
             "drop_positive_from_denominator": Bool(help="Remove the positive responses from the batch.")},
     paper="arXiv 2510.04028, sec. 4 (GRPO-N)", summary="keep only negative group-relative advantages",
-    sample_filter=grpo_n_keep,
+    sample_filter=grpo_n_keep, drops_if=lambda p: p["mask_positive"] and p["drop_positive_from_denominator"],
 )
 def grpo_n_advantages(
     advantages: torch.Tensor,
@@ -112,7 +112,7 @@ def psr_keep(
     params={"pos_reward": Float(gt=0, help="Advantage of a correct response."),
             "subset": Bool(help="Remove the incorrect responses from the batch.")},
     paper="arXiv 2506.01347 (PSR), sec. 3", summary="reinforce correct responses only",
-    sample_filter=psr_keep, metrics=_outcome_metrics_hook,
+    sample_filter=psr_keep, drops_if=lambda p: p["subset"], metrics=_outcome_metrics_hook, binary_outcomes=True,
 )
 def psr_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, pos_reward: float = 1.0, subset: bool = True
@@ -143,7 +143,7 @@ def nsr_keep(
     params={"neg_reward": Float(lt=0, help="Advantage of an incorrect response."),
             "subset": Bool(help="Remove the correct responses from the batch.")},
     paper="arXiv 2506.01347 (NSR), sec. 3", summary="penalise incorrect responses only",
-    sample_filter=nsr_keep, metrics=_outcome_metrics_hook,
+    sample_filter=nsr_keep, drops_if=lambda p: p["subset"], metrics=_outcome_metrics_hook, binary_outcomes=True,
 )
 def nsr_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, neg_reward: float = -1.0, subset: bool = True
@@ -164,7 +164,7 @@ def nsr_advantages(
             "neg_reward": Float(lt=0, help="Advantage of an incorrect response."),
             "baseline": Choice(*W_REINFORCE_BASELINES, help="Subtract the group mean (inferred option).")},
     paper="arXiv 2506.01347 (W-REINFORCE), sec. 5", summary="weighted REINFORCE, down-weighting positives",
-    metrics=_outcome_metrics_hook,
+    metrics=_outcome_metrics_hook, binary_outcomes=True,
 )
 def w_reinforce_advantages(
     rewards: torch.Tensor,

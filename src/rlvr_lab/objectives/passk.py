@@ -28,6 +28,12 @@ RHO_SOURCES = ("empirical", "passk")
 PKPO_BASELINES = ("none", "mean")
 
 
+def _k_within_group(params, cfg) -> str | None:
+    """Registry ``check_config`` hook: Pass@K over a group of G needs k <= G."""
+    G = cfg.train.group_size
+    return None if params["k"] <= G else f"k={params['k']} exceeds the group size train.group_size={G}"
+
+
 def _passk_metrics_hook(rewards, advantages, ctx, *, keep=None, k: int = 4, **_) -> Metrics:
     """Registry ``metrics`` hook (spec 3 logging); skipped when ``k`` exceeds the group size."""
     if k > rewards.shape[1]:
@@ -85,7 +91,7 @@ def passk_group_terms(correct_count: torch.Tensor, n: int, k: int) -> tuple[torc
     params={"k": Int(ge=1, help="K of Pass@K; must not exceed the group size."),
             "eps": Float(ge=0, help="Added to the std before dividing.")},
     paper="arXiv 2508.10751 (closed form), arXiv 2510.23049", summary="analytic Pass@K-GRPO advantages",
-    metrics=_passk_metrics_hook,
+    metrics=_passk_metrics_hook, binary_outcomes=True, group_relative=True, check_config=_k_within_group,
 )
 def passk_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, k: int = 4, eps: float = 1e-6
@@ -119,7 +125,7 @@ def passk_advantages(
     params={"k": Int(ge=1, help="K of Pass@K; must not exceed the group size."),
             "baseline": Choice(*PKPO_BASELINES, help="Subtract the group mean of the rewards.")},
     paper="arXiv 2505.15201 (PKPO), sec. 3", summary="unbiased per-sample Pass@K rewards",
-    metrics=_passk_metrics_hook,
+    metrics=_passk_metrics_hook, binary_outcomes=True, check_config=_k_within_group,
 )
 def pkpo_advantages(
     rewards: torch.Tensor, ctx: StepContext | None = None, *, k: int = 4, baseline: str = "none"
@@ -190,7 +196,7 @@ def surrogate_value(rho: torch.Tensor | float, *, omega: str = "grpo", k: int = 
             "k": Int(ge=1, help="K used by omega=passk and rho_source=passk."),
             "rho_source": Choice(*RHO_SOURCES, help="ρ̂ as the group's success rate or its pass@k.")},
     paper="arXiv 2510.23049, sec. 3 (formulas inferred)", summary="surrogate-reward advantages (1-ρ)ω(ρ), -ρω(ρ)",
-    metrics=_passk_metrics_hook,
+    metrics=_passk_metrics_hook, binary_outcomes=True, group_relative=True,
 )
 def surrogate_advantages(
     rewards: torch.Tensor,

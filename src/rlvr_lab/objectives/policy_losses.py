@@ -15,6 +15,10 @@ from rlvr_lab.objectives.registry import POLICY_LOSSES, Float
 
 Metrics = dict[str, torch.Tensor]
 
+# Namespace of the policy-gradient metrics every policy loss shares (``grpo/pg_clipfrac``, ``grpo/ppo_kl``,
+# the trainer's ``grpo/pg_loss``): the metric family of the GRPO surrogate, whichever method is configured.
+POLICY_METRICS = "grpo"
+
 LOG_RATIO_CLAMP = 20.0
 GSPO_LOG_RATIO_CLAMP = 10.0
 
@@ -91,6 +95,9 @@ def ppo_clip_loss(
     )
     metrics["grpo/ppo_kl"] = masked_mean(-log_ratio, loss_mask).detach()
     return loss, metrics
+
+
+POLICY_LOSSES.default = "ppo_clip"
 
 
 @POLICY_LOSSES.register(

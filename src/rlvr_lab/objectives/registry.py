@@ -133,13 +133,48 @@ class Entry:
     """(metric, condition): the metric that counts what the component changed in a step (tokens zeroed,
     regularised, penalised), and in words what it takes for that count to be above 0. The trainer warns
     when the count stays 0, because the update is then the same as without the component."""
-    # Further facts and hooks: ``sample_filter`` (rows it drops), ``metrics`` (group metrics),
-    # ``aggregation`` (a forced mode), ``proxy_fn`` / ``proxy_params`` (Lp-Reg's old-pass function).
+    # Further facts and hooks, each read by name by the trainer or an adapter:
+    #   sample_filter  rows it trains on (removes the rest from the batch)
+    #   drops_if       params -> bool: whether the sample filter removes rows with these parameters
+    #   metrics        group metrics of an estimator, once per rollout
+    #   aggregation    a loss-reduction mode the policy loss forces
+    #   proxy_fn, proxy_params   a per-chunk function of the old-policy pass (Lp-Reg's proxy)
+    #   extra_needs    params -> set of inputs needed only with these parameters (LLDS-MA's answer mask)
+    #   minibatch_context   (advantages, loss_mask, **params) -> ctx.extras computed over a whole mini-batch
+    #   step_context   (per-row inputs of the step's batch, **params) -> ctx.extras computed over the RL step
+    #   binary_outcomes     True: reads rewards as correct/incorrect (needs 0/1 rewards or a verdict)
+    #   group_relative      True: a group whose rewards are all equal gets advantage 0
+    #   check_config   (params, cfg) -> problem or None: a check against the rest of the run config
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def drops_rows(self) -> bool:
         return "sample_filter" in self.meta
+
+    def drops(self, params: Mapping[str, Any]) -> bool:
+        """Whether the sample filter removes responses with these parameters."""
+        if not self.drops_rows:
+            return False
+        rule = self.meta.get("drops_if")
+        return True if rule is None else bool(rule(self.with_defaults(params)))
+
+    def settings_without(self, params: Mapping[str, Any], inputs: set[str]) -> list[str]:
+        """``key=value`` changes of one boolean or choice parameter after which the component no longer
+        needs any of ``inputs`` (what to tell a user whose rollout cannot provide them)."""
+        full = self.with_defaults(params)
+        out = []
+        for key, spec in self.params.items():
+            options = (True, False) if spec.type is bool else spec.choices or ()
+            for value in options:
+                if value != full[key] and not self.needs_for({**full, key: value}) & inputs:
+                    out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+                    break
+        return out
+
+    def needs_for(self, params: Mapping[str, Any]) -> set[str]:
+        """The inputs this component needs with these parameters (``needs`` plus ``extra_needs``)."""
+        extra = self.meta.get("extra_needs")
+        return set(self.needs) | (set(extra(self.with_defaults(params))) if extra is not None else set())
 
     def keyword_params(self) -> dict[str, inspect.Parameter]:
         """Keyword-only hyperparameters of the function, by name."""
@@ -182,6 +217,7 @@ class Registry:
         # declared: every keyword parameter of a component must come with a Param (user-facing
         # hyperparameters); aggregation modes take trainer-computed keywords and declare none.
         self.declared = declared
+        self.default: str | None = None  # the component a config gets when it names none
         self._entries: dict[str, Entry] = {}
 
     def register(

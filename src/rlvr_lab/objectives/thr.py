@@ -411,8 +411,7 @@ def _above(x: torch.Tensor, tau: torch.Tensor, rtol: float) -> torch.Tensor:
             "rtol": Float(ge=0, help="Relative tie tolerance at the threshold."),
             "score_key": Str(help="ctx.extras key of the (B, T) token scores.")},
     paper="arXiv 2505.18830 (NTHR), sec. 5", summary="selective penalisation of influential negative tokens",
-    acts_on=("nthr/num_selected", "mixed groups (some correct, some wrong responses) with negative tokens whose "
-             "influence score exceeds the threshold"),
+    acts_on=("nthr/num_selected", "negative tokens of mixed groups whose influence score exceeds the threshold"),
     needs=(SCORE_KEY,),
 )
 @torch.no_grad()

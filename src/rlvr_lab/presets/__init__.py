@@ -7,6 +7,7 @@ files through :func:`preset_path`; a preset is the config sections its paper's r
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -37,8 +38,12 @@ def read_preset(name: str) -> dict:
 
 
 def preset_summary(name: str) -> str:
-    """The first line of the preset's leading comment (what the method is, with its paper)."""
+    """The first sentence of the preset's leading comment (what the method is, with its paper)."""
+    lines = []
     for line in preset_path(name).read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = re.search(r"\.(?=\s+[A-Z(]|$)", text)  # "eq. 13", "arXiv 2503.14476" and "Dr.GRPO" do not end it
+    return text[: end.end()] if end else text

@@ -23,14 +23,7 @@ from rlvr_lab.config import Config, dump_config
 from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
 from rlvr_lab.eval.passk import paired_difference
 from rlvr_lab.models import load_model_and_tokenizer
-from rlvr_lab.objectives import (
-    ADVANTAGE_ESTIMATORS,
-    TOKEN_ADVANTAGE_MODIFIERS,
-    broadcast_to_tokens,
-    informative_groups,
-    overlong_penalty,
-)
-from rlvr_lab.objectives.thr import SCORE_KEY
+from rlvr_lab.objectives import informative_groups
 from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.multiturn import MultiTurnGeneration
@@ -43,7 +36,6 @@ from rlvr_lab.train.methods import (
     TOOL_USE_PROVIDES,
     FixedSchedule,
     Methods,
-    both,
     check_inputs,
     startup_warnings,
 )
@@ -51,6 +43,7 @@ from rlvr_lab.diagnostics.probes import ProbeSet
 from rlvr_lab.train.observe import Observer, build_sinks, probe_batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
 from rlvr_lab.train.sft import supervised_warmstart
+from rlvr_lab.train.stages import old_policy_pass, sequence_advantages, shape_rewards, token_advantages
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
 from rlvr_lab.types import Batch
 
@@ -266,20 +259,12 @@ class Trainer:
         scores = self.env.score(gen.texts, repeated)
         rewards = torch.tensor([s.value for s in scores], dtype=torch.float32)
         metrics = summarize_scores(scores)
-        ol = self.cfg.algorithm.overlong
-        if ol is not None:
-            penalty = overlong_penalty(gen.response_lengths.cpu(), max_len=ol.max_len, cache_len=ol.cache_len, factor=ol.factor)
-            rewards = rewards + penalty
-            metrics["dapo/overlong_reward"] = float(penalty.mean())
-            metrics["dapo/overlong_ratio"] = float((penalty < 0).float().mean())
         tool = tool_use_rows(gen)
-        penalty = self.cfg.search.invalid_action_penalty
-        if tool and penalty > 0:
-            invalid = gen.counts.get("invalid_action", torch.zeros(len(gen)))
-            rewards = rewards - penalty * invalid
-            metrics["search/invalid_action_penalty"] = float((penalty * invalid).mean())
-        rewards, bonus_metrics = self.methods.shape_rewards(rewards, tool.get("tool_calls"), step - 1)
-        metrics.update(bonus_metrics)
+        rewards, shaping = shape_rewards(
+            self.cfg, self.methods, rewards, gen.response_lengths, step=step - 1, tool_calls=tool.get("tool_calls"),
+            invalid_actions=gen.counts.get("invalid_action", torch.zeros(len(gen))) if tool else None,
+        )
+        metrics.update(shaping)
         if tool:
             metrics.update(tool_use_metrics(gen, generate_s))
         lengths = gen.response_lengths.float()
@@ -335,19 +320,13 @@ class Trainer:
     def advantages(self, batch: Batch, step: int) -> tuple[Batch, dict[str, float]]:
         """Sequence advantages from the estimator, broadcast to tokens, then the token modifiers;
         finally the rows that sample filters (PSR/NSR subsets, GRPO-N, SPEAR's group filter) drop."""
-        G, algo = self.cfg.train.group_size, self.cfg.algorithm
+        G = self.cfg.train.group_size
         ctx = step_context(batch, None, entropy=None, global_step=step - 1)
         ctx.group_size = G
-        rewards = batch.rewards.view(-1, G)  # (P, G)
-        seq_adv = ADVANTAGE_ESTIMATORS.get(algo.advantage.name)(rewards, ctx, **algo.advantage.params)
-        keep = self.methods.estimator_keep(rewards, ctx)  # (P, G) or None
-        metrics = self.methods.estimator_metrics(rewards, seq_adv, ctx, keep)
+        seq_adv, keep, metrics = sequence_advantages(self.cfg, self.methods, batch.rewards.view(-1, G), ctx)
         keep = None if keep is None else keep.reshape(-1)
-        adv = broadcast_to_tokens(seq_adv.reshape(-1).to(batch.loss_mask.device), batch.loss_mask)
-        for comp in algo.token_modifiers:
-            keep = both(keep, self.methods.modifier_keep(comp, adv, batch.loss_mask, ctx))
-            adv, extra = TOKEN_ADVANTAGE_MODIFIERS.get(comp.name)(adv, batch.loss_mask, ctx, **comp.params)
-            metrics.update({k: float(v) for k, v in extra.items()})
+        adv, keep, mod_metrics = token_advantages(self.cfg, self.methods, seq_adv.reshape(-1), batch.loss_mask, ctx, keep)
+        metrics.update(mod_metrics)
         batch.advantages = adv
         batch, filter_metrics = self.methods.drop_rows(batch, keep)
         return batch, {**metrics, **filter_metrics}
@@ -375,44 +354,29 @@ class Trainer:
 
     def old_pass(self, batch: Batch, temperature: float, mbs: int) -> None:
         """The old policy's log-probs, entropies and method extras, recomputed over the batch."""
-        old = score_tokens(
-            self.model, batch, temperature=temperature, micro_batch_size=mbs, with_entropy=True,
-            chunk_fns=self.methods.chunk_fns(temperature), with_hidden=self.methods.needs_hidden,
-            share_prompts=self.spec.share_prompts,
-        )
-        batch.old_logprobs = old.logprobs
-        batch.extras["old_entropy"] = old.entropy
-        batch.extras.update(old.extras)  # (B, T) each
-        if old.hidden is not None:
-            batch.extras[SCORE_KEY] = self.methods.token_hidden_reward(self.model, batch, old.hidden, temperature)
+        old_policy_pass(self.model, batch, self.methods, temperature=temperature, micro_batch_size=mbs,
+                        share_prompts=self.spec.share_prompts)
 
     def update(self, batch: Batch, step: int, optimizer, scheduler) -> dict[str, float]:
-        """The on-policy update, then (SPEAR) storing promising rows and any replay update."""
-        tcfg, spear = self.cfg.train, self.methods.spear
-        record = spear.store(batch, step - 1) if spear else {}
+        """The on-policy update, then the methods' extra updates on other data (SPEAR's replay)."""
+        tcfg = self.cfg.train
+        record = self.methods.remember(batch, step - 1)
         record.update(policy_update(
             self.model, optimizer, scheduler, batch, self.spec, minibatches=tcfg.minibatches, epochs=tcfg.epochs,
             micro_batch_size=tcfg.micro_batch_size, max_grad_norm=tcfg.optim.max_grad_norm,
-            generator=self.generator, context=self.methods.context(step - 1), global_step=step - 1,
+            generator=self.generator, context=self.methods.context(step - 1, batch), global_step=step - 1,
             grad_groups=self.observer.grad_groups, shuffle=tcfg.shuffle,
         ))
-        if spear:
-            record.update(self.replay(step, optimizer))
-        return record
-
-    def replay(self, step: int, optimizer) -> dict[str, float]:
-        """SPEAR self-imitation: optimiser steps on a replay batch, its loss scaled by replay_coef(step)."""
-        tcfg, spear = self.cfg.train, self.methods.spear
-        batch, coef, record = spear.replay_batch(step - 1, self.generator)
-        if batch is None:
-            return record
-        out = policy_update(
-            self.model, optimizer, FixedSchedule(), batch.to(self.device), spear.replay_spec(self.spec, coef),
-            minibatches=spear.cfg.replay.minibatches, epochs=1, micro_batch_size=tcfg.micro_batch_size,
-            max_grad_norm=tcfg.optim.max_grad_norm, generator=self.generator,
-            context=self.methods.context(step - 1), global_step=step - 1,
-        )
-        record.update({f"spear/replay_{k.replace('/', '_')}": v for k, v in out.items()})
+        extra = self.methods.extra_update(step - 1, self.generator, self.spec)
+        record.update(extra.metrics)
+        if extra.batch is not None:  # its own optimiser steps; the LR schedule counts on-policy steps only
+            out = policy_update(
+                self.model, optimizer, FixedSchedule(), extra.batch.to(self.device), extra.spec,
+                minibatches=extra.minibatches, epochs=1, micro_batch_size=tcfg.micro_batch_size,
+                max_grad_norm=tcfg.optim.max_grad_norm, generator=self.generator,
+                context=self.methods.context(step - 1, extra.batch), global_step=step - 1,
+            )
+            record.update({f"{extra.prefix}{k.replace('/', '_')}": v for k, v in out.items()})
         return record
 
     def rescore(self, batch: Batch):

@@ -31,7 +31,7 @@ RL steps given to objectives (``ctx.global_step``, SPEAR's schedules) count from
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -48,11 +48,7 @@ from rlvr_lab.objectives import (
 )
 from rlvr_lab.objectives.entropy_mech import GENERATOR_KEY
 from rlvr_lab.objectives.hapo import entropy_stats, hapo_temperature, logits_entropy
-from rlvr_lab.objectives.llds import (
-    NUM_PRESERVING_KEY,
-    action_ids_from_mask,
-    llds_num_preserving,
-)
+from rlvr_lab.objectives.llds import action_ids_from_mask
 from rlvr_lab.objectives.registry import Entry, Registry
 from rlvr_lab.objectives.spear import replay_coef, toolcall_bonus, toolcall_weight
 from rlvr_lab.objectives.thr import SCORE_KEY, compute_token_hidden_reward, positive_responses
@@ -222,16 +218,18 @@ def components_needing(cfg: Config, what: str) -> list[tuple[Entry, dict[str, An
 
 
 def check_inputs(cfg: Config, provides: frozenset[str] = SINGLE_TURN_PROVIDES) -> None:
-    """Fail at start-up, not mid-run, when a component needs inputs the rollout cannot give."""
-    for entry, params in components_needing(cfg, "action_ids"):
-        if entry.name == "llds" and params["mask_answer"]:
-            missing = {"answer_mask", "valid_searches"} - provides
-            if missing:
-                raise ValueError(
-                    f"algorithm.aux_losses: llds with mask_answer=true (LLDS-MA) needs {sorted(missing)} from the "
-                    "rollout, which only tool-use (search) rollouts provide; these rollouts are single-turn. "
-                    "Set mask_answer: false (configs/llds.yaml) or use a tool-use environment."
-                )
+    """Fail at start-up, not mid-run, when a component needs per-row inputs the rollout cannot give."""
+    for where, registry, comp in cfg.algorithm.components():
+        entry = registry.entry(comp.name)
+        missing = sorted((entry.needs_for(comp.params) & TOOL_USE_PROVIDES) - provides)
+        if missing:
+            fixes = entry.settings_without(comp.params, set(missing))
+            fix = f"set {' or '.join(f'{where}.params.{f}' for f in fixes)}" if fixes else "change its parameters"
+            raise ValueError(
+                f"{where}: {comp.name!r} with these parameters ({entry.summary}) needs {missing} from the rollout, "
+                f"which only tool-use (search) rollouts provide; these rollouts are single-turn. Either {fix}, "
+                "or use a tool-use environment."
+            )
 
 
 def startup_warnings(cfg: Config) -> list[str]:
@@ -240,6 +238,17 @@ def startup_warnings(cfg: Config) -> list[str]:
     out = [f"{message} It runs anyway (train.allow_inert_methods=true)." for message in inert_methods(cfg)]
     never = replay_never_triggers(cfg)
     return out + ([never] if never else [])
+
+
+@dataclass
+class ExtraUpdate:
+    """An optimiser update on data other than the step's rollout (``batch`` None: none this step)."""
+
+    batch: Batch | None = None
+    spec: LossSpec | None = None
+    minibatches: int = 1
+    prefix: str = ""  # namespace of its update metrics
+    metrics: Metrics = field(default_factory=dict)
 
 
 class Methods:
@@ -342,17 +351,26 @@ class Methods:
 
     # ---- update -----------------------------------------------------------------------------
 
-    def context(self, step: int) -> ContextFn:
-        """Mini-batch-level ``ctx.extras``: a Clip-Cov generator seeded from the run seed and the step
-        (shared by the step's micro-batches) and LLDS's whole-mini-batch ``|Y_pre|`` (paper norm)."""
+    def context(self, step: int, batch: Batch | None = None) -> ContextFn:
+        """Mini-batch-level ``ctx.extras``: a generator seeded from the run seed and the step, shared by
+        the step's micro-batches (Clip-Cov's draw); what components compute once over the step's whole
+        ``batch`` (their ``step_context`` hook: LLDS-MA's V_s); and what they compute over the whole
+        mini-batch (``minibatch_context``: LLDS's ``|Y_pre|`` with the paper norm)."""
         generator = torch.Generator().manual_seed(_step_seed(self.cfg.run.seed, step))
-        paper = [p for e, p in self._needs("action_ids") if e.name == "llds" and p["norm"] == "paper"]
+        per_step: dict[str, Any] = {GENERATOR_KEY: generator}
+        hooks = []
+        for registry, comp in components(self.cfg):
+            entry = registry.entry(comp.name)
+            params = entry.with_defaults(comp.params)
+            if "step_context" in entry.meta and batch is not None:
+                per_step.update(entry.meta["step_context"](batch.extras, **params))
+            if "minibatch_context" in entry.meta:
+                hooks.append(partial(entry.meta["minibatch_context"], **params))
 
         def extras(mini: Batch) -> dict[str, Any]:
-            out: dict[str, Any] = {GENERATOR_KEY: generator}
-            for params in paper:
-                preserve = params["preserve"]
-                out[NUM_PRESERVING_KEY] = llds_num_preserving(mini.advantages, mini.loss_mask, preserve=preserve)
+            out = dict(per_step)
+            for hook in hooks:
+                out.update(hook(mini.advantages, mini.loss_mask))
             return out
 
         return extras
@@ -369,8 +387,25 @@ class Methods:
             self.idle[key] = self.idle.get(key, 0) + 1 if record[key] == 0 else 0
             if self.idle[key] == limit:
                 out.append(f"step {step}: {comp.name} has changed nothing for {limit} consecutive steps ({key} = 0), "
-                           f"so the update is the same as without it. It needs {condition}.")
+                           f"so the update is the same as without it. It acts only on {condition}.")
         return out
+
+    # ---- updates on other data ---------------------------------------------------------------------
+
+    def remember(self, batch: Batch, step: int) -> Metrics:
+        """Keep what later updates replay (SPEAR: the step's positive-advantage rows), at RL ``step``."""
+        return self.spear.store(batch, step) if self.spear else {}
+
+    def extra_update(self, step: int, generator: torch.Generator, base: LossSpec) -> ExtraUpdate:
+        """An update on data other than this step's rollout, after the on-policy one: SPEAR's
+        self-imitation replay batch with its own loss, scaled by ``replay_coef(step)``; none otherwise."""
+        if self.spear is None:
+            return ExtraUpdate()
+        batch, coef, metrics = self.spear.replay_batch(step, generator)
+        if batch is None:
+            return ExtraUpdate(metrics=metrics)
+        return ExtraUpdate(batch=batch, spec=self.spear.replay_spec(base, coef),
+                           minibatches=self.spear.cfg.replay.minibatches, prefix="spear/replay_", metrics=metrics)
 
     def rollout_metrics(self) -> Metrics:
         return self.adaptive.metrics() if self.adaptive is not None else {}

@@ -41,7 +41,7 @@ ContextFn = Callable[[Batch], dict[str, Any]]  # mini-batch -> extra ctx.extras 
 class LossSpec:
     """The maths of the update, unpacked once from the config (hyperparameters as plain values)."""
 
-    policy_loss: str = "ppo_clip"
+    policy_loss: str = field(default_factory=lambda: POLICY_LOSSES.default)
     policy_params: dict = field(default_factory=dict)
     aggregation: str = "token-mean"
     t_norm: float | None = None

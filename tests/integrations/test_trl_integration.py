@@ -1,11 +1,11 @@
 """rlvr-lab inside TRL's GRPOTrainer (rlvr_lab.integrations.trl).
 
-* Without TRL: the loss composition equals the native micro_batch_loss for every preset (value and
-  gradient); methods and GRPOConfig options that TRL cannot honour are refused; importing the
-  module does not import TRL.
-* With TRL (the scale venv): the trainer's loss path (TRL's fused forward, the input mapping, the
-  optimiser-step counts) equals the native loss, also under gradient accumulation; a 3-step CPU run
-  with LLDS changes the weights and logs rlvr-lab's metrics.
+* Without TRL: methods and GRPOConfig options that TRL cannot honour are refused; the batch and
+  reward mappings; importing the package does not import TRL.
+* With TRL (the scale venv): the adapter's advantages and loss on a hand-made batch equal numbers
+  computed by hand (GRPO, Dr.GRPO, GSPO); the trainer's loss path (TRL's fused forward, the input
+  mapping, the optimiser-step counts) equals the native trainer's on identical tensors, also under
+  gradient accumulation; a 3-step CPU run with LLDS changes the weights and logs rlvr-lab's metrics.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from rlvr_lab.integrations.trl import (
     batch_from_trl,
     check_trl_args,
     combined_rewards,
-    composed_loss,
     method_config,
     rows_of,
+    trl_columns,
 )
+from rlvr_lab.config import AlgorithmConfig
 from rlvr_lab.models.tiny import TinyModelConfig, build_tiny_model
 from rlvr_lab.models.tokenizer import build_char_tokenizer
 from rlvr_lab.objectives import denominators
 from rlvr_lab.train.loop import loss_spec
-from rlvr_lab.train.logprobs import sequence_token_stats
 from rlvr_lab.train.methods import Methods
 from rlvr_lab.train.step import micro_batch_loss, score_tokens
 from rlvr_lab.types import Batch
@@ -177,30 +177,6 @@ def test_methods_cover_the_presets():
     assert {"grpo", "dapo", "dr_grpo", "gspo", "llds", "lp_reg", "hapo", "thr", "clip_cov"} <= set(METHODS)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_composed_loss_equals_native_micro_batch_loss(model, tok, method):
-    """On identical tensors the adapter's composition gives the native loss, metrics and gradient."""
-    cfg = config_for(method)
-    spec = loss_spec(cfg)
-    batch = rollout_batch(model, tok, cfg)
-    den = denominators(batch.loss_mask, exclude_empty_sequences=spec.exclude_empty_sequences)
-
-    native, native_metrics = micro_batch_loss(model, batch, spec, den, 1.0, Methods(cfg).context(STEP)(batch), STEP)
-    native.backward()
-    native_grads = grads(model)
-
-    stats = sequence_token_stats(model, batch.input_ids, batch.attention_mask, batch.response_start,
-                                 temperature=spec.temperature, with_entropy=True)
-    ours, our_metrics = composed_loss(stats.logprobs, stats.entropy, batch, spec, den,
-                                      extras=Methods(cfg).context(STEP)(batch), global_step=STEP)
-    ours.backward()
-    assert_same(ours, our_metrics, grads(model), native, native_metrics, native_grads, rtol=1e-6, atol=1e-7)
-    for key in ("llds/loss", "lp_reg/num_regularized", "clip_cov/num_zeroed", "kl_cov/num_selected"):
-        assert float(native_metrics.get(key, 1.0)) > 0, key  # the component did something on this batch
-    if method == "grpo":
-        assert float(native_metrics["grpo/pg_clipfrac"]) > 0  # old log-probs far enough for the clip to act
-
-
 def test_batch_from_trl_maps_masks_and_columns(tok, model):
     cfg = config_for("llds")
     batch = rollout_batch(model, tok, cfg)
@@ -234,7 +210,7 @@ def test_combined_rewards_weights_functions_and_drops_unscored_rows():
 @pytest.mark.parametrize(
     ("method", "needle"),
     [("dapo", "dynamic_sampling"), ("hapo", "adaptive_temperature"), ("spear", "algorithm.spear"),
-     ("llds_ma", "mask_answer"), (str(Path(__file__).resolve().parents[2] / "configs" / "search_tiny.yaml"),
+     ("llds_ma", "answer_mask"), (str(Path(__file__).resolve().parents[2] / "configs" / "search_tiny.yaml"),
                                   "search.enabled")],
 )
 def test_rollout_only_methods_are_refused_with_the_key_to_change(method, needle):
@@ -256,6 +232,17 @@ def test_batch_layout_comes_from_trl():
     assert cfg.algorithm.aux_losses[0].name == "llds" and cfg.algorithm.kl.coef == 0.001
 
 
+def test_without_a_method_the_default_algorithm_runs():
+    # no preset name is built in: the config's own default algorithm, the same maths as the grpo preset
+    cfg, grpo = method_config(), method_config("grpo")
+    assert cfg.algorithm == AlgorithmConfig()
+    pairs = zip(cfg.algorithm.components(), grpo.algorithm.components(), strict=True)
+    for (_, registry, ours), (_, _, preset) in pairs:
+        entry = registry.entry(ours.name)
+        assert ours.name == preset.name and entry.with_defaults(ours.params) == entry.with_defaults(preset.params)
+    assert loss_spec(cfg).aggregation == loss_spec(grpo).aggregation and cfg.algorithm.kl == grpo.algorithm.kl
+
+
 def test_algorithm_block_and_overrides():
     block = {"advantage": {"name": "dr_grpo"}, "policy_loss": {"name": "ppo_clip", "params": {"clip_high": 0.28}},
              "aggregation": "seq-mean-token-sum-norm"}
@@ -270,7 +257,7 @@ def test_algorithm_block_and_overrides():
 @pytest.mark.parametrize(
     ("option", "needle"),
     [({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
-     ({"importance_sampling_level": "sequence"}, "gspo"),
+     ({"importance_sampling_level": "sequence"}, "sequence-level ratio"),
      ({"entropy_coef": 0.01}, "algorithm.entropy_coef"),
      ({"use_vllm": True, "vllm_importance_sampling_correction": True}, "vllm"),
      ({"steps_per_generation": 3, "gradient_accumulation_steps": 2}, "multiple")],
@@ -282,7 +269,7 @@ def test_trl_loss_options_that_would_be_ignored_are_refused(option, needle):
 
 
 def test_importing_the_module_does_not_import_trl():
-    code = "import sys, rlvr_lab.integrations.trl as m; assert 'trl' not in sys.modules; print(m.composed_loss.__name__)"
+    code = "import sys, rlvr_lab.integrations.trl as m; assert 'trl' not in sys.modules; print(m.batch_from_trl.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
@@ -310,7 +297,7 @@ def model_dir(tmp_path_factory, tok):
     return str(path)
 
 
-def make_trainer(model_dir, tok, tmp_path, method, *, max_steps=3, **config):
+def make_trainer(model_dir, tok, tmp_path, method, *, max_steps=3, num_generations=G, overrides=(), **config):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -325,15 +312,143 @@ def make_trainer(model_dir, tok, tmp_path, method, *, max_steps=3, **config):
     args = GRPOConfig(
         output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         disable_tqdm=True, logging_steps=1, seed=0, gradient_checkpointing=False, learning_rate=1e-2,
-        per_device_train_batch_size=4, num_generations=G, steps_per_generation=2, max_completion_length=8,
-        max_steps=max_steps, **config,
+        per_device_train_batch_size=4, num_generations=num_generations, steps_per_generation=2,
+        max_completion_length=8, max_steps=max_steps, **config,
     )
     return RlvrGRPOTrainer(model=model_dir, reward_funcs=has_a, args=args, train_dataset=dataset,
-                           processing_class=tok, method=method, overrides=overrides_for(method))
+                           processing_class=tok, method=method, overrides=[*overrides_for(method), *overrides])
+
+
+# ---- the adapter against numbers computed by hand --------------------------------------------------------
+#
+# 2 groups x 2 responses, a 1-token prompt and 3 response tokens of which the first 3, 2, 3 and 1 train.
+# Rewards [1, 0 | 0.5, 0] (one reward function, weight 1). The current log-probs are the old ones plus
+# log(r), so each token's ratio r = exp(logp - old) is one of these (1.0 past a response's end):
+HAND_RATIOS = [[1.5, 1.0, 0.9],
+               [0.5, 1.1, 1.0],
+               [1.0, 1.3, 0.7],
+               [1.25, 1.0, 1.0]]
+HAND_LENGTHS = [3, 2, 3, 1]
+HAND_REWARDS = [1.0, 0.0, 0.5, 0.0]
+# GRPO's z-score of two different rewards (eps 0): (r - mean) / std_unbiased. Group 1: (1 - 0.5) / sqrt(0.5^2
+# + 0.5^2) = 1/sqrt(2); group 2: (0.5 - 0.25) / sqrt(0.25^2 + 0.25^2) = 1/sqrt(2). So A = [+a, -a, +a, -a].
+a = 1 / math.sqrt(2)
+
+
+def hand_made_step(trainer, monkeypatch) -> SimpleNamespace:
+    """The adapter's rollout stage on the hand-made batch (rewards -> advantages), then its loss with
+    TRL's forward replaced by the chosen log-probs: token advantages ``adv``, ``loss``, loss ``metrics``,
+    ``grad`` (d loss / d logp), the rollout's ``batch``, ``rollout_metrics`` and the TRL ``inputs``."""
+    n, T = len(HAND_LENGTHS), 3
+    mask = torch.arange(T) < torch.tensor(HAND_LENGTHS).unsqueeze(-1)  # (4, 3)
+    old = torch.full((n, T), -1.0)
+    logp = (old + torch.tensor(HAND_RATIOS).log()).requires_grad_()  # (4, 3), a leaf
+    out = {
+        "prompt_ids": torch.full((n, 1), 5), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+        "completion_ids": torch.full((n, T), 6), "completion_mask": mask.long(),
+        "old_per_token_logps": old, "advantages": torch.zeros(n),  # TRL's advantages, replaced
+    }
+    trainer._rlvr_rewards_per_func = torch.tensor(HAND_REWARDS).unsqueeze(-1)  # (N, F=1)
+    batch, rollout_metrics = trainer.rlvr_rollout(out, group_size=2, step=0)
+    out.update(trl_columns(batch))
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies",
+                        lambda *args, **kwargs: (logp, torch.zeros_like(logp), None))
+    loss, metrics, _ = trainer.rlvr_loss(trainer.model, out)
+    loss.backward()
+    return SimpleNamespace(adv=batch.advantages, loss=float(loss.detach()), metrics=metrics, grad=logp.grad,
+                           batch=batch, rollout_metrics=rollout_metrics, inputs=out)
 
 
 @needs_trl
-@pytest.mark.parametrize("method", ["llds", "lp_reg", "hapo", "gspo", "dr_grpo", "clip_cov"])
+def test_grpo_token_mean_ppo_clip_by_hand(model_dir, tok, tmp_path, monkeypatch):
+    trainer = make_trainer(model_dir, tok, tmp_path, "grpo", num_generations=2,
+                           overrides=["algorithm.advantage.params.eps=0.0"])
+    got = hand_made_step(trainer, monkeypatch)
+    torch.testing.assert_close(got.adv, torch.tensor([[a, a, a], [-a, -a, 0], [a, a, a], [-a, 0, 0]]))
+    # PPO clip 0.2: per token max(-A r, -A clip(r, 0.8, 1.2)).
+    #   A > 0 takes -A min(r, clip(r)):  row 1: -(1.2 + 1.0 + 0.9) a = -3.1 a;  row 3: -(1.0 + 1.2 + 0.7) a = -2.9 a
+    #   A < 0 takes  a max(r, clip(r)):  row 2:  (0.8 + 1.1) a = 1.9 a;         row 4:  1.25 a
+    # token-mean over the 9 tokens: (-3.1 + 1.9 - 2.9 + 1.25) a / 9 = -2.85 a / 9 = -0.2239171474
+    assert abs(got.loss - (-0.2239171474)) < 1e-6
+    # clipped: r = 1.5 (A > 0), r = 0.5 (A < 0), r = 1.3 (A > 0): 3 of 9 tokens
+    assert abs(float(got.metrics["grpo/pg_clipfrac"]) - 3 / 9) < 1e-6
+    # d/dlogp of -A r is -A r on unclipped tokens (dr/dlogp = r), 0 on clipped ones, then / 9
+    want = torch.tensor([[0, -a, -0.9 * a], [0, 1.1 * a, 0], [-a, 0, -0.7 * a], [1.25 * a, 0, 0]]) / 9
+    torch.testing.assert_close(got.grad, want, rtol=0, atol=1e-6)
+
+
+@needs_trl
+def test_dr_grpo_seq_mean_token_sum_norm_by_hand(model_dir, tok, tmp_path, monkeypatch):
+    trainer = make_trainer(model_dir, tok, tmp_path, "dr_grpo", num_generations=2)
+    assert trainer.rlvr_spec.t_norm == 8  # T_norm = max_completion_length
+    got = hand_made_step(trainer, monkeypatch)
+    # group-centred, no std: [1 - 0.5, 0 - 0.5 | 0.5 - 0.25, 0 - 0.25]
+    want_adv = torch.tensor([[0.5, 0.5, 0.5], [-0.5, -0.5, 0], [0.25, 0.25, 0.25], [-0.25, 0, 0]])
+    torch.testing.assert_close(got.adv, want_adv)
+    # the same clipped token losses with these A:
+    #   row 1: -0.5 (1.2 + 1.0 + 0.9) = -1.55     row 2: 0.5 (0.8 + 1.1) = 0.95
+    #   row 3: -0.25 (1.0 + 1.2 + 0.7) = -0.725   row 4: 0.25 * 1.25 = 0.3125
+    # sum / T_norm / B = (-1.55 + 0.95 - 0.725 + 0.3125) / 8 / 4 = -1.0125 / 32 = -0.031640625
+    assert abs(got.loss - (-0.031640625)) < 1e-6
+    want = torch.tensor([[0, -0.5, -0.45], [0, 0.55, 0], [-0.25, 0, -0.175], [0.3125, 0, 0]]) / 32
+    torch.testing.assert_close(got.grad, want, rtol=0, atol=1e-6)
+
+
+@needs_trl
+def test_gspo_sequence_ratio_by_hand(model_dir, tok, tmp_path, monkeypatch):
+    trainer = make_trainer(model_dir, tok, tmp_path, "gspo", num_generations=2,
+                           overrides=["algorithm.advantage.params.eps=0.0"])
+    got = hand_made_step(trainer, monkeypatch)
+    torch.testing.assert_close(got.adv, torch.tensor([[a, a, a], [-a, -a, 0], [a, a, a], [-a, 0, 0]]))
+    # one ratio per response, the geometric mean of its tokens' ratios, clipped to [1 - 3e-4, 1 + 4e-4]:
+    #   s1 = (1.5 * 1.0 * 0.9)^(1/3) = 1.1052  (A > 0: min(s, 1.0004) = 1.0004, clipped)
+    #   s2 = (0.5 * 1.1)^(1/2)       = 0.7416  (A < 0: max(s, 0.9997) = 0.9997, clipped)
+    #   s3 = (1.0 * 1.3 * 0.7)^(1/3) = 0.91^(1/3) = 0.9690521083  (A > 0: min(s, 1.0004) = s)
+    #   s4 = 1.25                               (A < 0: max(s, 0.9997) = s)
+    # every token of a response has the same loss, so seq-mean-token-mean is the mean over the 4 responses:
+    # a/4 * (-1.0004 + 0.9997 - 0.9690521083 + 1.25) = a/4 * 0.2802478917 = 0.0495412962
+    assert abs(got.loss - 0.0495412962) < 1e-6
+    assert abs(float(got.metrics["grpo/pg_clipfrac"]) - 5 / 9) < 1e-6  # the 3 + 2 tokens of responses 1 and 2
+    # token t of response i has value s_i and gradient s_i dlogp_t (sg[s_i] pi/sg[pi]); clipped responses
+    # give none; each response's tokens are averaged (/ its length), then / 4 responses
+    s3 = 0.9690521083
+    want = torch.tensor([[0, 0, 0], [0, 0, 0], [-a * s3 / 12] * 3, [a * 1.25 / 4, 0, 0]])
+    torch.testing.assert_close(got.grad, want, rtol=0, atol=1e-6)
+
+
+@needs_trl
+def test_a_sample_filter_masks_the_rows_it_drops_by_hand(model_dir, tok, tmp_path, monkeypatch):
+    trainer = make_trainer(model_dir, tok, tmp_path, "psr", num_generations=2)
+    got = hand_made_step(trainer, monkeypatch)
+    # PSR (subset): A = 1 on the correct responses (reward > 0: rows 1 and 3), which alone stay in the batch
+    assert got.inputs[KEEP_KEY].tolist() == [True, False, True, False]
+    assert (got.rollout_metrics["filter/kept_rows"], got.rollout_metrics["filter/dropped_rows"]) == (2.0, 2.0)
+    torch.testing.assert_close(got.adv, torch.tensor([[1.0, 1, 1], [0, 0, 0], [1, 1, 1], [0, 0, 0]]))
+    # token-mean over the 6 kept tokens, as if rows 2 and 4 were removed:
+    # (-(1.2 + 1.0 + 0.9) - (1.0 + 1.2 + 0.7)) / 6 = -6 / 6 = -1
+    assert abs(got.loss - (-1.0)) < 1e-6
+    # the dropped rows are out of every token mean: r = 1.5 and r = 1.3 clip, 2 of the 6 kept tokens
+    assert abs(float(got.metrics["grpo/pg_clipfrac"]) - 2 / 6) < 1e-6
+    want = torch.tensor([[0, -1.0, -0.9], [0, 0, 0], [-1.0, 0, -0.7], [0, 0, 0]]) / 6
+    torch.testing.assert_close(got.grad, want, rtol=0, atol=1e-6)
+
+
+@needs_trl
+def test_the_extra_old_policy_pass_keeps_trls_old_logprobs(model_dir, tok, tmp_path, monkeypatch):
+    # Lp-Reg's proxy needs the full logits: the native old-policy pass adds it (and the entropy) and leaves
+    # TRL's old log-probs as they are
+    trainer = make_trainer(model_dir, tok, tmp_path, "lp_reg", num_generations=2)
+    assert trainer.rlvr_needs_old_pass
+    got = hand_made_step(trainer, monkeypatch)
+    assert got.batch.old_logprobs is got.inputs["old_per_token_logps"]
+    for key in ("proxy_logprobs", "old_entropy"):
+        assert got.batch.extras[key].shape == (4, 3) and torch.isfinite(got.batch.extras[key]).all(), key
+        assert torch.equal(got.inputs[EXTRA_PREFIX + key], got.batch.extras[key])
+    assert math.isfinite(got.loss)
+
+
+@needs_trl
+@pytest.mark.parametrize("method", ["llds", "lp_reg", "hapo", "gspo", "dr_grpo", "clip_cov", "kl_cov"])
 def test_trainer_loss_equals_native_micro_batch_loss(model_dir, tok, tmp_path, method):
     """The subclass's path (TRL's fused forward, batch_from_trl, rlvr_window) gives the native value
     and gradient on identical tensors."""
@@ -354,6 +469,8 @@ def test_trainer_loss_equals_native_micro_batch_loss(model_dir, tok, tmp_path, m
     ours.backward()
     # TRL's forward (fused head, positions from 0 under left padding) agrees with rlvr-lab's to float error
     assert_same(ours, our_metrics, grads(model), native, native_metrics, native_grads, rtol=1e-4, atol=1e-6)
+    for key in ("llds/loss", "lp_reg/num_regularized", "clip_cov/num_zeroed", "kl_cov/num_selected"):
+        assert float(native_metrics.get(key, 1.0)) > 0, key  # the component did something on this batch
 
 
 @needs_trl

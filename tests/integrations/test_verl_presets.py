@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from rlvr_lab.config import load_config
 from rlvr_lab.presets import preset_names
-from rlvr_lab.integrations.verl.presets import PRESETS, drops_rows
+from rlvr_lab.integrations.verl.presets import PRESETS, requirements
 from rlvr_lab.integrations.verl.resolve import (
+    ESTIMATOR_COMPONENTS,
+    LOSS_COMPONENTS,
     UnsupportedInVerl,
     estimator_plan,
     loss_plan,
@@ -50,14 +51,34 @@ def test_every_registered_component_has_a_verl_name():
     assert {c.name for a in algos for c in a.token_modifiers} >= set(TOKEN_ADVANTAGE_MODIFIERS.names())
 
 
-def test_every_sample_filter_is_known_to_the_row_drop_check():
-    # a new component that removes rows must be taught to resolve.drops_rows, or verl would train on
-    # a silently different denominator (the estimator adapter also refuses it at run time)
-    filtered = {n for reg in (ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS) for n in reg.names()
-                if "sample_filter" in reg.entry(n).meta}
-    assert filtered == {"psr", "nsr", "grpo_n"}
-    assert drops_rows("psr", {"subset": True}) and not drops_rows("psr", {"subset": False})
-    assert drops_rows("grpo_n", {"mask_positive": True, "drop_positive_from_denominator": True})
+def test_the_override_keys_are_the_registered_components():
+    # the config dataclasses get one field per name: a new component needs no edit in the adapter
+    assert set(LOSS_COMPONENTS) == {*POLICY_LOSSES.names(), *TOKEN_LOSS_OVERRIDES.names(), *AUX_LOSSES.names()}
+    assert set(ESTIMATOR_COMPONENTS) == {*ADVANTAGE_ESTIMATORS.names(), *TOKEN_ADVANTAGE_MODIFIERS.names()}
+
+
+def test_row_drops_are_read_from_the_registry_entry():
+    # the entries' own `drops` decides, so verl never trains on a silently different denominator
+    drop = {name for p in PRESETS.values() for name in requirements(p.algo).drops_rows}
+    assert drop == {"psr", "nsr"}  # the presets' subset=true; GRPO-N keeps its rows by default
+    grpo_n = PRESETS["grpo_n"].algo.model_copy(deep=True)
+    grpo_n.token_modifiers[0].params["drop_positive_from_denominator"] = True
+    assert requirements(grpo_n).drops_rows == ["grpo_n"]
+    # the refusal names the parameter change that keeps the rows: a set parameter back to its default first
+    with pytest.raises(UnsupportedInVerl, match=r"set \+algorithm.psr.subset=false to keep them"):
+        estimator_plan("rlvr_psr")
+    with pytest.raises(UnsupportedInVerl, match=r"set \+algorithm.grpo_n.drop_positive_from_denominator=false or "
+                                                r"\+algorithm.grpo_n.mask_positive=false"):
+        estimator_plan("rlvr_grpo_n", {"grpo_n": {"drop_positive_from_denominator": True}})
+
+
+def test_parameter_dependent_needs_name_the_parameter_that_removes_them():
+    with pytest.raises(UnsupportedInVerl, match=r"RL step number, to seed its random draw "
+                                                r"\(not needed with clip_cov.seed=null\)"):
+        loss_plan("rlvr_clip_cov", {"clip_cov": {"seed": 1}})
+    with pytest.raises(UnsupportedInVerl, match=r"whole mini-batch.*\(not needed with llds.norm=code\)"):
+        loss_plan("rlvr_llds", {"llds": {"norm": "paper"}})
+    assert loss_plan("rlvr_llds").needs_action_ids and not loss_plan("rlvr_grpo").needs_action_ids
 
 
 def test_support_table():

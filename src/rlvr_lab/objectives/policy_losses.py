@@ -31,7 +31,7 @@ def clipped_surrogate(
     clip_low: float,
     clip_high: float,
     clip_ratio_c: float | None = None,
-    prefix: str = "grpo",
+    prefix: str = POLICY_METRICS,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO-clip token loss ``max(-A·ratio, -A·clip(ratio, 1-ε_low, 1+ε_high))`` (arXiv 1707.06347, eq. 7).
 

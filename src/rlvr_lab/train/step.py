@@ -206,6 +206,13 @@ def is_summed_metric(key: str) -> bool:
     return is_loss_share(key) or is_count(key)
 
 
+def accumulate_metrics(sums: dict[str, float], metrics: Mapping[str, Any], weight: float) -> None:
+    """Add one micro-batch's ``metrics`` into ``sums``: loss shares and counts are summed, rates are
+    weighted by ``weight`` (the micro-batch's share of the rows), so the result describes the whole batch."""
+    for key, value in metrics.items():
+        sums[key] = sums.get(key, 0.0) + (float(value) if is_summed_metric(key) else float(value) * weight)
+
+
 def minibatch_update(
     model, optimizer, scheduler, mini: Batch, spec: LossSpec, *, micro_batch_size: int,
     max_grad_norm: float | None, context: ContextFn | None = None, global_step: int = 0,
@@ -231,9 +238,7 @@ def minibatch_update(
         mb = mini.select(torch.arange(lo, min(lo + micro_batch_size, n)))
         loss, metrics = micro_batch_loss(model, mb, spec, den, scale, extras, global_step)
         loss.backward()
-        weight = len(mb) / n
-        for key, value in metrics.items():
-            sums[key] += float(value) if is_summed_metric(key) else float(value) * weight
+        accumulate_metrics(sums, metrics, len(mb) / n)
     if grad_groups is not None:
         sums.update(grad_groups.norms())
     grad_norm, stepped = clip_and_step(model, optimizer, scheduler, max_grad_norm)

@@ -5,8 +5,8 @@ Install ``rlvr-lab[verl]`` on every node; verl (>= 0.9) then loads :mod:`.plugin
 estimator per method preset (see :data:`.presets.PRESETS` and ``docs/scale-out.md``)::
 
     python3 -m verl.trainer.main_ppo ... \\
-        algorithm.adv_estimator=rlvr_llds \\
-        actor_rollout_ref.actor.policy_loss.loss_mode=rlvr_llds \\
+        algorithm.adv_estimator=rlvr_<preset> \\
+        actor_rollout_ref.actor.policy_loss.loss_mode=rlvr_<preset> \\
         actor_rollout_ref.actor.policy_loss._target_=rlvr_lab.integrations.verl.RlvrPolicyLossConfig
 
 Modules: :mod:`.presets` (the methods by name, what each needs), :mod:`.resolve` (name + overrides ->

@@ -9,8 +9,8 @@ summed over the response) -> dense ``(P, G)`` groups -> the estimator -> broadca
 tokens -> the token modifiers in order. verl may reorder rows (``trainer.balance_batch``), so groups
 are rebuilt from the ``uid`` index and the result is put back in verl's row order.
 
-Not carried over: the estimators' metric hooks (Pass@K and PSR/NSR group counts); verl has no channel
-for metrics from an estimator.
+Not carried over: the estimators' ``metrics`` hooks (group counts); verl has no channel for metrics
+from an estimator.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ from rlvr_lab.integrations.verl.resolve import (
     warn_once,
 )
 from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS, StepContext, broadcast_to_tokens
-
-# Estimators that read a binary outcome: rewards in {0, 1}, else the verdict, else reward > 0.
-BINARY_OUTCOME_ESTIMATORS = ("passk", "pkpo", "passk_surrogate", "psr", "nsr", "w_reinforce")
-
 
 _PLANS: dict[tuple[str, str], EstimatorPlan] = {}  # resolved once per distinct configuration
 
@@ -75,11 +71,17 @@ def _check_trainer_settings(name: str, plan: EstimatorPlan, config: Any, rewards
             f"{name}: preset {plan.preset} drops groups whose rewards are all equal (DAPO dynamic sampling) but "
             "verl's algorithm.filter_groups.enable is false; set algorithm.filter_groups.enable=true "
             "algorithm.filter_groups.metric=reward algorithm.filter_groups.max_num_gen_batches=10"))
-    if plan.advantage == "grpo" and field_of(config, "norm_adv_by_std_in_grpo") is False:
+    entry = ADVANTAGE_ESTIMATORS.entry(plan.advantage)
+    # verl's flag is read only by its built-in estimator; an rlvr-lab estimator's scaling is one of its
+    # own parameters (or its definition), so the flag changes nothing for any of them: say so whenever set.
+    if field_of(config, "norm_adv_by_std_in_grpo") is False:
+        own = ", ".join(f"{k}={v!r}" for k, v in entry.with_defaults(plan.advantage_params).items()) or "none"
         warn_once(f"{name}/norm_adv", (
-            f"{name}: algorithm.norm_adv_by_std_in_grpo=false is read only by verl's built-in grpo; {name} divides "
-            "by the group std. Use algorithm.adv_estimator=rlvr_dr_grpo for the unnormalised advantage."))
-    if plan.advantage in BINARY_OUTCOME_ESTIMATORS and not bool(((rewards == 0) | (rewards == 1)).all()):
+            f"{name}: algorithm.norm_adv_by_std_in_grpo=false is read only by verl's built-in GRPO estimator and "
+            f"changes nothing here: {plan.advantage} ({entry.summary}) scales its advantages by its own definition "
+            f"and parameters ({own}). For an advantage without the group-std division, pick a method whose "
+            "estimator does not divide by it (`rlvr list` describes each estimator)."))
+    if entry.meta.get("binary_outcomes") and not bool(((rewards == 0) | (rewards == 1)).all()):
         warn_once(f"{name}/binary", (
             f"{name}: {plan.advantage} needs a binary outcome but the rewards are not all 0 or 1; verl passes no "
             "task verdict, so a response counts as correct when its reward is > 0 (rlvr-lab's rule without a "
@@ -87,7 +89,7 @@ def _check_trainer_settings(name: str, plan: EstimatorPlan, config: Any, rewards
 
 
 def _refuse_dropped_rows(name: str, component: str, keep: torch.Tensor | None) -> None:
-    # Safety net behind the start-up check (resolve.drops_rows): a sample filter that removes rows
+    # Safety net behind the start-up check (the registry's Entry.drops): a sample filter that removes rows
     # would change the loss denominators, which an estimator cannot do.
     if keep is not None and not bool(keep.all()):
         raise ValueError(

@@ -4,22 +4,28 @@ verl builds ``actor_rollout_ref.actor.policy_loss`` into a ``PolicyLossConfig`` 
 rejects unknown keys. Point its ``_target_`` at :class:`RlvrPolicyLossConfig` to pass parameters::
 
     actor_rollout_ref.actor.policy_loss._target_=rlvr_lab.integrations.verl.RlvrPolicyLossConfig
-    actor_rollout_ref.actor.policy_loss.loss_mode=rlvr_llds
-    +actor_rollout_ref.actor.policy_loss.llds.lam=0.1
+    actor_rollout_ref.actor.policy_loss.loss_mode=rlvr_<preset>
+    +actor_rollout_ref.actor.policy_loss.<component>.<parameter>=<value>
 
-Every field left empty takes the value of the method's preset (``configs/<preset>.yaml``). The
+Every field left empty takes the value of the method's packaged preset (:mod:`rlvr_lab.presets`). The
 dataclass resolves the method when verl builds it, which ``main_ppo`` does in ``validate_config``
 before starting Ray: a method verl cannot feed, an unknown parameter or a component the method does
 not have fails there, at start-up, not after the first rollout.
 
-:class:`RlvrAlgoConfig` does the same for ``algorithm`` (estimator parameters such as
-``+algorithm.passk.k=8``). verl 0.9 hands the estimator the raw OmegaConf node, so the keys work even
-without it; setting ``algorithm._target_`` to it keeps them valid wherever verl builds the dataclass.
+:class:`RlvrAlgoConfig` does the same for ``algorithm`` (estimator parameters,
+``+algorithm.<estimator>.<parameter>=<value>``). verl 0.9 hands the estimator the raw OmegaConf node,
+so the keys work even without it; setting ``algorithm._target_`` to it keeps them valid wherever verl
+builds the dataclass.
+
+Both classes have one mapping field per registered component of their side, generated from the
+registries (:data:`~rlvr_lab.integrations.verl.resolve.LOSS_COMPONENTS`,
+:data:`~rlvr_lab.integrations.verl.resolve.ESTIMATOR_COMPONENTS`): a newly registered component gets
+its field without an edit here. Each field's ``metadata["params"]`` lists the component's parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from typing import Any, Optional
 
 from verl.trainer.config import AlgoConfig
@@ -28,6 +34,7 @@ from verl.workers.config import PolicyLossConfig
 # Registers the rlvr_<method> names in this process too, so that the `_target_` line alone is enough
 # where entry-point discovery is off (VERL_USE_EXTERNAL_PLUGINS=none) or absent (verl < 0.9).
 from rlvr_lab.integrations.verl import plugin  # noqa: F401
+from rlvr_lab.integrations.verl.presets import ESTIMATOR_REGISTRIES, LOSS_REGISTRIES
 from rlvr_lab.integrations.verl.resolve import (
     ESTIMATOR_COMPONENTS,
     LOSS_COMPONENTS,
@@ -35,34 +42,38 @@ from rlvr_lab.integrations.verl.resolve import (
     estimator_plan,
     loss_plan,
 )
+from rlvr_lab.objectives.registry import Registry
 
 
-def _params() -> Any:
-    return field(default_factory=dict)
+def component_fields(registries: tuple[Registry, ...], base: type, extra: tuple[str, ...] = ()) -> list[tuple]:
+    """One ``dict`` field per component of ``registries`` (default empty), for ``make_dataclass``.
 
-
-@dataclass
-class RlvrPolicyLossConfig(PolicyLossConfig):
-    """``actor_rollout_ref.actor.policy_loss`` for an ``rlvr_<preset>`` loss mode.
-
-    One field per loss-side component, each a mapping of that component's keyword parameters (see its
-    docstring in ``rlvr_lab.objectives``); only the components of the selected method may be set.
+    A component named like a field of verl's ``base`` (or one of ``extra``) would shadow it: refused.
     """
+    taken = {f.name for f in dataclasses.fields(base)} | set(extra)
+    out = []
+    for registry in registries:
+        for name in registry.names():
+            if name in taken:
+                raise TypeError(f"{registry.kind} {name!r} has the name of a field of verl's {base.__name__}; "
+                                "rename the component (its config field would shadow verl's)")
+            entry = registry.entry(name)
+            meta = {"kind": registry.kind, "params": tuple(entry.params), "summary": entry.summary}
+            out.append((name, dict[str, Any], dataclasses.field(default_factory=dict, metadata=meta)))
+    return out
 
-    ppo_clip: dict[str, Any] = _params()  # clip_low, clip_high, clip_ratio_c (None: no dual clip)
-    gspo: dict[str, Any] = _params()  # clip_low, clip_high (sequence-level ratio)
-    hapo: dict[str, Any] = _params()  # clip_low, clip_high, clip_ratio_c, entropy_pivot, clip_alpha, adv_beta, ...
-    clip_cov: dict[str, Any] = _params()  # ratio, lb, ub, seed
-    kl_cov: dict[str, Any] = _params()  # frac, coef
-    lp_reg: dict[str, Any] = _params()  # rho_neg, rho_pos, coef, kl_type, kl_clamp, rounding, kappa, threshold, fill
-    llds: dict[str, Any] = _params()  # lam, gate, norm, preserve, mask_answer, answer_weight, ...
-    # The method's aggregation mode (None: the preset's). verl's actor.loss_agg_mode must equal it.
-    aggregation: Optional[str] = None
+
+def _parent_post_init(cls: type, self: Any) -> None:
+    parent = getattr(super(cls, self), "__post_init__", None)
+    if parent is not None:
+        parent()
+
+
+class _PolicyLossMethods:
+    """The behaviour of :class:`RlvrPolicyLossConfig` (its fields are generated below)."""
 
     def __post_init__(self) -> None:
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
+        _parent_post_init(_PolicyLossMethods, self)
         if not self.loss_mode.startswith(PREFIX):
             raise ValueError(
                 f"RlvrPolicyLossConfig is for rlvr_<method> loss modes, got loss_mode={self.loss_mode!r}. If you did "
@@ -79,28 +90,12 @@ class RlvrPolicyLossConfig(PolicyLossConfig):
         return loss_plan(self.loss_mode, self.overrides(), aggregation=self.aggregation)
 
 
-@dataclass
-class RlvrAlgoConfig(AlgoConfig):
-    """``algorithm`` with rlvr-lab estimator parameters: one mapping per estimator or token modifier."""
-
-    grpo: dict[str, Any] = _params()  # std_unbiased, eps
-    dr_grpo: dict[str, Any] = _params()
-    hapo_tlga: dict[str, Any] = _params()  # std_normalize, eps, fallback_abs, ...
-    psr: dict[str, Any] = _params()  # pos_reward, subset (only subset=false runs in verl)
-    nsr: dict[str, Any] = _params()  # neg_reward, subset (only subset=false runs in verl)
-    w_reinforce: dict[str, Any] = _params()  # lambda_pos, neg_reward, baseline
-    passk: dict[str, Any] = _params()  # k, eps
-    pkpo: dict[str, Any] = _params()  # k, baseline
-    passk_surrogate: dict[str, Any] = _params()  # omega, k, rho_source
-    grpo_n: dict[str, Any] = _params()  # mask_positive, drop_positive_from_denominator
-    thr: dict[str, Any] = _params()
-    nthr: dict[str, Any] = _params()
+class _AlgoMethods:
+    """The behaviour of :class:`RlvrAlgoConfig` (its fields are generated below)."""
 
     def __post_init__(self) -> None:
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
-        overrides = {name: dict(getattr(self, name)) for name in ESTIMATOR_COMPONENTS if getattr(self, name)}
+        _parent_post_init(_AlgoMethods, self)
+        overrides = self.overrides()
         if self.adv_estimator.startswith(PREFIX):
             estimator_plan(self.adv_estimator, overrides)
         elif overrides:
@@ -108,3 +103,35 @@ class RlvrAlgoConfig(AlgoConfig):
                 f"algorithm.{', algorithm.'.join(overrides)} are parameters of rlvr-lab estimators, but "
                 f"algorithm.adv_estimator={self.adv_estimator!r}"
             )
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(getattr(self, name)) for name in ESTIMATOR_COMPONENTS if getattr(self, name)}
+
+
+def _config_class(name: str, methods: type, base: type, fields: list[tuple], doc: str) -> type:
+    cls = dataclasses.make_dataclass(name, fields, bases=(methods, base), namespace={"__doc__": doc})
+    cls.__module__ = __name__  # Hydra's `_target_` and pickling find it here
+    return cls
+
+
+_AGGREGATION = ("aggregation", Optional[str], dataclasses.field(default=None, metadata={
+    "help": "The method's aggregation mode (None: the preset's); verl's actor.loss_agg_mode must equal it."}))
+
+RlvrPolicyLossConfig = _config_class(
+    "RlvrPolicyLossConfig", _PolicyLossMethods, PolicyLossConfig,
+    [*component_fields(LOSS_REGISTRIES, PolicyLossConfig, ("aggregation",)), _AGGREGATION],
+    """``actor_rollout_ref.actor.policy_loss`` for an ``rlvr_<preset>`` loss mode.
+
+    One field per loss-side component (policy losses, token-loss overrides, auxiliary losses), each a
+    mapping of that component's keyword parameters (``rlvr list`` shows them with their allowed
+    values); only the components of the selected method may be set. ``aggregation`` overrides the
+    method's aggregation mode.
+    """,
+)
+
+RlvrAlgoConfig = _config_class(
+    "RlvrAlgoConfig", _AlgoMethods, AlgoConfig, component_fields(ESTIMATOR_REGISTRIES, AlgoConfig),
+    """``algorithm`` with rlvr-lab estimator parameters: one mapping per advantage estimator or token-advantage
+    modifier (``rlvr list`` shows their parameters); only the components of the selected method may be set.
+    """,
+)

@@ -41,10 +41,12 @@ from rlvr_lab.integrations.verl.resolve import (
     warn_once,
 )
 from rlvr_lab.objectives import AUX_LOSSES, POLICY_LOSSES, TOKEN_LOSS_OVERRIDES, StepContext
+from rlvr_lab.objectives.policy_losses import POLICY_METRICS
 from rlvr_lab.objectives.llds import action_ids_from_mask
 from rlvr_lab.train.step import is_loss_share
 
 _CLIP_KEYS = {"clip_low": "clip_ratio_low", "clip_high": "clip_ratio_high", "clip_ratio_c": "clip_ratio_c"}
+
 
 
 def overrides_from(policy_loss_cfg: Any) -> tuple[dict[str, dict[str, Any]], str | None]:
@@ -162,12 +164,13 @@ def compose(
 
 
 def verl_metrics(metrics: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """rlvr-lab names -> verl's: ``grpo/pg_clipfrac`` -> ``actor/pg_clipfrac`` (verl's own names for
-    the same quantities), ``llds/frac_gated`` -> ``actor/llds/frac_gated``; values as floats."""
+    """rlvr-lab names -> verl's: the base terms (``<POLICY_METRICS>/pg_clipfrac``) become
+    ``actor/pg_clipfrac`` (verl's own names for the same quantities), a component's metric
+    ``<component>/<name>`` becomes ``actor/<component>/<name>``; values as floats."""
     out = {}
     for key, value in metrics.items():
         namespace, _, short = key.rpartition("/")
-        out["actor/" + (short if namespace == "grpo" else key)] = float(value)
+        out["actor/" + (short if namespace == POLICY_METRICS else key)] = float(value)
     return out
 
 

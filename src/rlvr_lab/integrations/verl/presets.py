@@ -1,19 +1,19 @@
 """The methods an engine can select by name, and what each one needs beyond sampled-token log-probs.
 
-One entry per packaged preset (:mod:`rlvr_lab.presets`, the same files the CLI and the TRL adapter
-read), including the single-component presets for registered estimators (``hapo_tlga``,
-``passk_surrogate``).
+One entry per packaged preset that configures an algorithm (:mod:`rlvr_lab.presets`, the same files
+the CLI and the TRL adapter read), including the single-component presets of registered estimators.
 
 :func:`requirements` lists, for a resolved :class:`~rlvr_lab.config.AlgorithmConfig`, every input and
 trainer feature a method needs, split by where an engine computes it (the policy loss or the
 advantage), so an adapter can refuse a method it cannot feed instead of silently running a weaker one.
+It reads each component's registry entry (``needs_for``, ``drops``) and never a component's name.
 
 Imports only rlvr-lab (no engine), so the table is usable and testable without verl installed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -26,9 +26,9 @@ from rlvr_lab.objectives import (
     TOKEN_ADVANTAGE_MODIFIERS,
     TOKEN_LOSS_OVERRIDES,
 )
-from rlvr_lab.objectives.registry import Registry
+from rlvr_lab.objectives.registry import Entry, Registry
 from rlvr_lab.presets import preset_names, preset_path, preset_summary, read_preset
-from rlvr_lab.train.methods import with_defaults
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -58,21 +58,25 @@ PRESETS: dict[str, Preset] = {name: _read(name) for name in preset_names() if "a
 
 # ---- what a method needs ------------------------------------------------------------------------
 
-# Inputs a component may need, in words an error message can use.
+# Inputs a component may need (registry ``needs`` and ``extra_needs``), in words an error message can
+# use; the message names the component.
 INPUT_DESCRIPTIONS: dict[str, str] = {
-    "proxy_logprobs": "the old policy's min-p proxy log-prob of every sampled token (Lp-Reg), which is computed "
+    "proxy_logprobs": "the old policy's min-p proxy log-prob of every sampled token, which is computed "
                       "from the full-vocabulary logits in the old-log-prob pass",
-    "entropy": "the current policy's per-token entropy (B, T) inside the loss (HAPO's adaptive clip)",
-    "token_hidden_reward": "the token hidden reward (B, T) of THR/NTHR, computed from the old policy's final "
-                           "hidden states and LM-head weights",
+    "entropy": "the current policy's per-token entropy (B, T) inside the loss",
+    "token_hidden_reward": "the token hidden reward (B, T), computed from the old policy's final hidden states and "
+                           "LM-head weights",
     "action_ids": "per-action ids of the response tokens (derived from the response mask)",
-    "answer_mask": "a mask of the final answer span (LLDS-MA), which only tool-use rollouts produce",
-    "valid_searches": "the number of valid search calls per response (LLDS-MA)",
-    "mini_batch_preserving_count": "LLDS norm=paper's |Y_pre| over the whole mini-batch, which a per-micro-batch "
+    "answer_mask": "a mask of the final answer span, which only tool-use rollouts produce",
+    "valid_searches": "the number of valid search calls per response, which only tool-use rollouts produce",
+    "mini_batch_preserving_count": "a count of preserved tokens over the whole mini-batch, which a per-micro-batch "
                                    "loss call does not see",
-    "global_step": "the RL step number (Clip-Cov with a fixed seed draws its tokens from seed and step; leave "
-                   "seed unset to draw from torch's RNG)",
+    "global_step": "the RL step number, to seed its random draw",
 }
+
+# Which engine stage runs each registry's components.
+LOSS_REGISTRIES: tuple[Registry, ...] = (POLICY_LOSSES, TOKEN_LOSS_OVERRIDES, AUX_LOSSES)
+ESTIMATOR_REGISTRIES: tuple[Registry, ...] = (ADVANTAGE_ESTIMATORS, TOKEN_ADVANTAGE_MODIFIERS)
 
 
 @dataclass
@@ -80,7 +84,9 @@ class Requirements:
     """Everything a method needs, by the engine stage that must provide it.
 
     ``*_inputs`` map a component name to the input names it needs (keys of :data:`INPUT_DESCRIPTIONS`);
-    ``structural`` holds the names whose need does not depend on parameters (so no setting removes it).
+    ``structural`` holds the names whose need does not depend on parameters (so no setting removes it);
+    ``relief`` maps (component, input) -- or (component, ``DROPS_ROWS``) -- to the single parameter
+    changes (``key=value``) that remove that need.
     """
 
     loss_inputs: dict[str, set[str]] = field(default_factory=dict)
@@ -88,52 +94,54 @@ class Requirements:
     drops_rows: list[str] = field(default_factory=list)  # components that remove responses before the update
     trainer: list[str] = field(default_factory=list)  # features of the training loop itself (SPEAR, ...)
     structural: set[str] = field(default_factory=set)
+    relief: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
-def _declared(registry: Registry, comp: NamedComponent) -> set[str]:
-    return set(registry.entry(comp.name).needs)
+DROPS_ROWS = "drops_rows"  # the relief key of a sample filter that removes rows
+
+
+def _components(algo: AlgorithmConfig, registries: tuple[Registry, ...]) -> list[tuple[Entry, NamedComponent]]:
+    """The configured components of ``algo`` that live in ``registries``, with their entries, in order."""
+    return [(registry.entry(comp.name), comp) for _, registry, comp in algo.components() if registry in registries]
+
+
+def _yaml(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def relief(entry: Entry, params: Mapping[str, Any], holds: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+    """Single parameter changes (``key=value``) after which ``holds(params)`` is False.
+
+    Tried in this order: a parameter set away from its default goes back to it, then a boolean
+    parameter is flipped. Empty when no single change does it.
+    """
+    full, defaults = entry.with_defaults(params), entry.defaults()
+    tries = [(k, defaults[k]) for k in full if full[k] != defaults[k]]
+    tries += [(k, not v) for k, v in full.items() if isinstance(v, bool) and (k, not v) not in tries]
+    return [f"{k}={_yaml(v)}" for k, v in tries if not holds({**full, k: v})]
 
 
 def requirements(algo: AlgorithmConfig) -> Requirements:
-    """What ``algo`` needs beyond sampled-token log-probs, old log-probs, advantages and the response mask."""
+    """What ``algo`` needs beyond sampled-token log-probs, old log-probs, advantages and the response mask.
+
+    Read from each component's registry entry: ``needs_for(params)`` (its inputs with these
+    parameters) and ``drops(params)`` (whether its sample filter removes rows).
+    """
     req = Requirements()
-    for registry, comp in ((POLICY_LOSSES, algo.policy_loss),
-                           *((TOKEN_LOSS_OVERRIDES, c) for c in algo.token_overrides),
-                           *((AUX_LOSSES, c) for c in algo.aux_losses)):
-        needs = _declared(registry, comp)
-        req.structural |= needs
-        params = with_defaults(registry.entry(comp.name), dict(comp.params))
-        if comp.name == "llds":
-            if params["mask_answer"]:
-                needs |= {"answer_mask", "valid_searches"}
-            if params["norm"] == "paper":
-                needs.add("mini_batch_preserving_count")
-        if comp.name == "clip_cov" and params["seed"] is not None:
-            needs.add("global_step")
-        if needs:
-            req.loss_inputs.setdefault(comp.name, set()).update(needs)
-    for registry, comp in ((ADVANTAGE_ESTIMATORS, algo.advantage),
-                           *((TOKEN_ADVANTAGE_MODIFIERS, c) for c in algo.token_modifiers)):
-        needs = _declared(registry, comp)
-        req.structural |= needs
-        if needs:
-            req.estimator_inputs.setdefault(comp.name, set()).update(needs)
-        params = with_defaults(registry.entry(comp.name), dict(comp.params))
-        if drops_rows(comp.name, params):
-            req.drops_rows.append(comp.name)
+    for side, registries in ((req.loss_inputs, LOSS_REGISTRIES), (req.estimator_inputs, ESTIMATOR_REGISTRIES)):
+        for entry, comp in _components(algo, registries):
+            req.structural |= set(entry.needs)
+            needs = entry.needs_for(comp.params)
+            if needs:
+                side.setdefault(comp.name, set()).update(needs)
+            for need in needs - set(entry.needs):
+                req.relief[(comp.name, need)] = relief(entry, comp.params, lambda p, n=need: n in entry.needs_for(p))
+            if entry.drops(comp.params):
+                req.drops_rows.append(comp.name)
+                req.relief[(comp.name, DROPS_ROWS)] = relief(entry, comp.params, entry.drops)
     if algo.spear is not None:
         req.trainer.append("spear (a replay buffer of past trajectories, replay updates and a tool-call reward "
                            "bonus inside the training loop)")
     if algo.legacy_no_batch_norm:
         req.trainer.append("legacy_no_batch_norm (seq-mean-token-sum-norm without the 1/B factor)")
     return req
-
-
-def drops_rows(name: str, params: Mapping[str, Any]) -> bool:
-    """True when the component's ``sample_filter`` removes responses with these parameters (PSR/NSR
-    ``subset``, GRPO-N ``drop_positive_from_denominator``): the loss denominators then count only the rest."""
-    if name in ("psr", "nsr"):
-        return bool(params["subset"])
-    if name == "grpo_n":
-        return bool(params["mask_positive"] and params["drop_positive_from_denominator"])
-    return False

@@ -19,7 +19,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from rlvr_lab.config import AlgorithmConfig
-from rlvr_lab.integrations.verl.presets import INPUT_DESCRIPTIONS, PRESETS, Preset, requirements
+from rlvr_lab.integrations.verl.presets import (
+    DROPS_ROWS,
+    ESTIMATOR_REGISTRIES,
+    INPUT_DESCRIPTIONS,
+    LOSS_REGISTRIES,
+    PRESETS,
+    Preset,
+    Requirements,
+    requirements,
+)
+from rlvr_lab.objectives import AUX_LOSSES, POLICY_LOSSES, TOKEN_LOSS_OVERRIDES
+from rlvr_lab.objectives.registry import Registry
 
 PREFIX = "rlvr_"
 
@@ -34,11 +45,22 @@ LOSS_HOOK = ("a verl 0.9 policy loss receives only old_log_prob, log_prob (sampl
 ESTIMATOR_HOOK = ("a verl 0.9 advantage estimator receives only token_level_rewards, response_mask, the "
                   "group index and the algorithm config")
 
-# Components whose parameters can be overridden on each side (the config dataclasses have one dict
-# field per name).
-LOSS_COMPONENTS = ("ppo_clip", "gspo", "hapo", "clip_cov", "kl_cov", "lp_reg", "llds")
-ESTIMATOR_COMPONENTS = ("grpo", "dr_grpo", "hapo_tlga", "psr", "nsr", "w_reinforce", "passk", "pkpo",
-                        "passk_surrogate", "grpo_n", "thr", "nthr")
+
+
+def _side(registries: tuple[Registry, ...]) -> tuple[str, ...]:
+    """Every component registered on one side; a name in two of its registries would make an override
+    key ambiguous, so it is refused here, at import."""
+    names = [n for registry in registries for n in registry.names()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TypeError(f"component names registered twice on one engine side: {twice}")
+    return tuple(names)
+
+
+# Components whose parameters can be overridden on each side, read from the registries (the config
+# dataclasses have one dict field per name).
+LOSS_COMPONENTS = _side(LOSS_REGISTRIES)
+ESTIMATOR_COMPONENTS = _side(ESTIMATOR_REGISTRIES)
 
 # rlvr-lab KL estimator -> verl's names for it in actor.kl_loss_type, preferred spelling first
 # (verl's low_var_kl clamps the log-ratio to ±20 and the value to ±10, as k3 does here).
@@ -97,8 +119,14 @@ def _with_overrides(preset: Preset, overrides: Mapping[str, Mapping[str, Any]], 
         raise ValueError(f"{where}: invalid parameters for {verl_name(preset.name)}: {reasons}") from None
 
 
-def _describe(missing: Mapping[str, set[str]]) -> list[str]:
-    return [f"{comp} needs {INPUT_DESCRIPTIONS.get(need, need)}" for comp, needs in missing.items() for need in sorted(needs)]
+def _describe(missing: Mapping[str, set[str]], req: Requirements) -> list[str]:
+    out = []
+    for comp, needs in missing.items():
+        for need in sorted(needs):
+            changes = req.relief.get((comp, need))
+            hint = " (not needed with " + " or ".join(f"{comp}.{c}" for c in changes) + ")" if changes else ""
+            out.append(f"{comp} needs {INPUT_DESCRIPTIONS.get(need, need)}{hint}")
+    return out
 
 
 def _problems(preset: Preset, algo: AlgorithmConfig, side: str) -> list[str]:
@@ -115,17 +143,18 @@ def _problems(preset: Preset, algo: AlgorithmConfig, side: str) -> list[str]:
     other_structural = {c: n & req.structural for c, n in other.items() if n & req.structural}
     out = []
     if own:
-        out.append(f"{'; '.join(_describe(own))} ({LOSS_HOOK if side == 'loss' else ESTIMATOR_HOOK})")
+        out.append(f"{'; '.join(_describe(own, req))} ({LOSS_HOOK if side == 'loss' else ESTIMATOR_HOOK})")
     if other_structural:
         hook = ESTIMATOR_HOOK if side == "loss" else LOSS_HOOK
-        out.append(f"the method's other half cannot run either: {'; '.join(_describe(other_structural))} ({hook})")
+        out.append(f"the method's other half cannot run either: {'; '.join(_describe(other_structural, req))} ({hook})")
     if side == "estimator":
         for name in req.drops_rows:
+            changes = req.relief.get((name, DROPS_ROWS))
+            keep = (f" (set {' or '.join(f'+algorithm.{name}.{c}' for c in changes)} to keep them in the batch, "
+                    "a different denominator)") if changes else ""
             out.append(
                 f"{name} removes responses from the batch before the update, so the loss denominators count only the "
-                f"kept ones; a verl advantage estimator cannot remove rows (set +algorithm.{name}."
-                f"{'subset=false' if name in ('psr', 'nsr') else 'drop_positive_from_denominator=false'} to keep them "
-                f"with advantage 0, a different denominator)"
+                f"kept ones; a verl advantage estimator cannot remove rows{keep}"
             )
     out.extend(f"it needs {t}, which verl's trainer does not have" for t in req.trainer)
     return out
@@ -150,15 +179,23 @@ class LossPlan:
     token_overrides: tuple[tuple[str, dict[str, Any]], ...]
     aux_losses: tuple[tuple[str, dict[str, Any]], ...]
     aggregation: str  # the mode the method uses; verl's actor.loss_agg_mode must equal it
-    aggregation_forced: bool  # the policy loss itself fixes the mode (GSPO)
+    aggregation_forced: bool  # the policy loss itself fixes the mode (its registry entry's ``aggregation``)
     kl_coef: float
     kl_kind: str
     entropy_coef: float
     minibatches: int
 
+    def components(self) -> list[tuple[Registry, str, dict[str, Any]]]:
+        """(registry, name, params) of every component of the plan, in the order they are applied."""
+        return [(POLICY_LOSSES, self.policy_loss, self.policy_params),
+                *((TOKEN_LOSS_OVERRIDES, n, p) for n, p in self.token_overrides),
+                *((AUX_LOSSES, n, p) for n, p in self.aux_losses)]
+
     @property
     def needs_action_ids(self) -> bool:
-        return any(name == "llds" for name, _ in self.aux_losses)
+        """A component's registry entry asks for per-action ids with these parameters."""
+        return any("action_ids" in registry.entry(name).needs_for(params)
+                   for registry, name, params in self.components())
 
 
 def loss_plan(name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None, *,
@@ -192,8 +229,6 @@ def loss_plan(name: str, overrides: Mapping[str, Mapping[str, Any]] | None = Non
 
 
 def _policy_meta(algo: AlgorithmConfig) -> Mapping[str, Any]:
-    from rlvr_lab.objectives import POLICY_LOSSES
-
     return POLICY_LOSSES.entry(algo.policy_loss.name).meta
 
 

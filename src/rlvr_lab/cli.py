@@ -211,6 +211,56 @@ def list_components(
     console.print(f"[bold]reasoning-gym tasks ({len(names)})[/]: {', '.join(names)}")
 
 
+@app.command("sweep")
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec YAML: a base config, conditions (presets, overrides, a grid) and seeds."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default: sweeps/<name>); rerun it to resume."),
+    parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Cells run at once; each gets threads // parallel CPU threads."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads shared by the running cells (default: this machine's CPUs)."),
+    backend: str = typer.Option("local", "--backend", help="local (subprocesses here) or ray (Ray tasks; needs rlvr-lab\\[ray] and a shared filesystem)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster (default: start a local Ray instance)."),
+    only: list[str] = typer.Option([], "--only", help="Run only this condition (repeatable; a grid's base name selects all its values)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every cell's config and list the cells; run nothing."),
+) -> None:
+    """Run a grid of configs x seeds, one `rlvr train` process per cell; completed cells are skipped on a rerun."""
+    from rich.markup import escape
+
+    from rlvr_lab.lab.sweep import SpecError, SweepProgress, load_spec, plan_sweep, run_sweep
+
+    try:
+        sweep_spec = load_spec(spec)
+        if dry_run:
+            plan = plan_sweep(sweep_spec, out, parallel=parallel, threads=threads, only=only)
+        else:
+            plan = run_sweep(sweep_spec, out, parallel=parallel, threads=threads, backend=backend,
+                             ray_address=ray_address, only=only, reporter=SweepProgress(console))
+    except SpecError as exc:
+        console.print(f"[bold red]sweep error[/]\n{escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the running cells were stopped; rerun the same command to restart them")
+        raise typer.Exit(130) from None
+    if dry_run:
+        console.print(f"{escape(sweep_spec.name)}: {len(plan.cells)} cells in {escape(str(plan.out))}/runs/<condition>/seed<seed> "
+                      f"({plan.parallel} at a time, {plan.threads} thread(s) each)", soft_wrap=True, highlight=False)
+        table = Table()
+        for column in ("condition", "seed", "action"):
+            table.add_column(column)
+        for cell in plan.cells:
+            action = ("restart (incomplete)" if cell in plan.restart else "run" if cell in plan.todo
+                      else "skip (completed)" if plan.states[cell].status == "completed" else "not selected")
+            table.add_row(escape(cell.condition), str(cell.seed), action)
+        console.print(table)
+        return
+    failed, done = plan.failed, sum(state.status == "completed" for state in plan.states.values())
+    console.print(f"{done}/{len(plan.cells)} cells completed | manifest: {escape(str(plan.out / 'manifest.json'))}",
+                  soft_wrap=True)
+    if failed:
+        console.print(f"[bold red]{len(failed)} failed[/]: {escape(', '.join(c.label for c in failed))} "
+                      "(their logs are next to their run directories; rerun to restart them)", soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `rlvr train` (each with a metrics.jsonl); several are overlaid, one colour per run."),
@@ -229,6 +279,32 @@ def report(
         console.print(f"[bold red]report error[/]: {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(f"report of {len(run_dirs)} run(s) (open in a browser; works offline): [bold cyan]{escape(str(path))}[/]")
+
+
+@app.command()
+def compare(
+    sweep_dir: Path = typer.Argument(..., help="Sweep directory written by `rlvr sweep` (with a manifest.json)."),
+    run_dirs: list[Path] = typer.Argument(None, help="Single run directories to add, each as a condition of its own (named after the directory, one seed)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", "-b", help="Condition the others are compared with (default: the manifest's baseline)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write; the Markdown table goes beside it as .md (default: compare.html and compare.md in the sweep directory)."),
+) -> None:
+    """Compare a sweep's conditions over seeds: held-out metrics with 95% intervals and paired differences to
+    the baseline (Markdown table), and one self-contained HTML page with per-condition curves and phase timelines."""
+    from rich.markup import escape
+
+    from rlvr_lab.diagnostics.runlog import RunDirError
+    from rlvr_lab.lab.compare import CompareError, load_comparison, markdown_table, output_paths, save_comparison
+
+    try:
+        paths = output_paths(sweep_dir, out)
+        comparison = load_comparison(sweep_dir, run_dirs or [], baseline=baseline)
+    except (CompareError, RunDirError) as exc:  # not a sweep, an added path that is not a run, unknown baseline
+        console.print(f"[bold red]compare error[/]: {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    html_path, md_path = save_comparison(comparison, *paths)
+    console.print(markdown_table(comparison), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"comparison page (open in a browser; works offline): [bold cyan]{escape(str(html_path))}[/]")
+    console.print(f"Markdown table: [bold cyan]{escape(str(md_path))}[/]")
 
 
 if __name__ == "__main__":

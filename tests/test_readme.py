@@ -21,3 +21,13 @@ def test_readme_methods_table_is_generated_from_the_declarations():
     block = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
     assert block == script.table(), "README's methods table is stale: run python scripts/methods_table.py --write"
     assert "| `kl_cov` |" in block and "an off-policy step" in block
+
+
+def test_readme_results_table_is_generated_from_the_committed_summaries():
+    from rlvr_lab.lab.results import results_table
+
+    script = load_script("experiment_results")
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
+    assert block == results_table(ROOT / "experiments" / "results"), \
+        "README's results table is stale: run python scripts/experiment_results.py --readme"

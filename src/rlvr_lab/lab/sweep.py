@@ -38,7 +38,8 @@ from rlvr_lab.presets import preset_names
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 CONDITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")  # it names a directory
-SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "baseline", "conditions", "grid")
+# ``claims`` is read by rlvr_lab.lab.results (the verdicts), not by the sweep.
+SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "baseline", "conditions", "grid", "claims")
 # Settings each cell gets from the sweep itself; a spec that sets them would be silently overridden.
 SWEEP_SETTINGS = ("run.seed", "run.output_dir", "run.name", "run.overwrite", "run.threads")
 BACKENDS = ("local", "ray")

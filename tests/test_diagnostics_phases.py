@@ -308,3 +308,21 @@ def test_label_series_checks_lengths():
 def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         PhaseConfig(**kwargs)
+
+
+def test_a_reward_wiped_out_with_no_correct_response_left_is_a_collapse():
+    """The lr=2e-3 demo run: reward 0.37, then 0 with no correct response (no likelihood to read) and rising
+    entropy. The likelihood track has nothing to fit; the reward alone says Phase III."""
+    detector = PhaseDetector(PhaseConfig())
+    labels = []
+    for step in range(1, 16):
+        metrics = {"reward/mean": 0.367 if step == 1 else 0.0, "policy/entropy": 0.45 + 0.04 * step,
+                   "policy/grad_norm": 3.7 if step == 1 else 0.0}
+        if step == 1:
+            metrics["lld/correct_logp_per_token"] = -0.085
+        labels.append(detector.update(step, metrics).lld_phase)
+    patience = PhaseConfig().patience
+    assert labels[: patience] == ["warmup"] * patience  # one step of reward is not yet a collapse
+    assert set(labels[patience + 1:]) == {"accelerated_collapse"}
+    steady = PhaseDetector(PhaseConfig())  # a reward that stays low from the start never had a peak to lose
+    assert all(steady.update(s, {"reward/mean": 0.0, "policy/entropy": 0.5}).lld_phase == "warmup" for s in range(1, 16))

@@ -136,6 +136,11 @@ class PhaseConfig:
     reward_min_slope: float = 0.002
     """A reward slope counts as a rise or fall when |slope| ≥ this many reward units per step [INF]: 0.1 over
     50 steps on a 0-1 reward. Absolute, because a reward can start at 0."""
+    collapse_reward_frac: float = 0.1
+    """A step with no correct response has no likelihood of correct responses to read; when the reward has also
+    stayed below this fraction of its peak for ``patience`` steps, the run is labelled ``accelerated_collapse``
+    (Phase III's reward collapse, paper §5.1) instead of keeping its last label [INF]: without it a run whose
+    reward fell to 0 in one step and stayed there read as healthy."""
     grad_spike_factor: float = 3.0
     """Gradient-norm spike: recent median ≥ this times the median of the window before [INF]. Batch-to-batch the
     norm of a stable run moves by tens of percent (0.9 to 2.0 in ``tests/data/recorded_run``, a short run on the
@@ -171,6 +176,8 @@ class PhaseConfig:
                      "reward_min_slope"):
             if not getattr(self, name) > 0:
                 raise bad(name, getattr(self, name), "a number > 0")
+        if not 0 < self.collapse_reward_frac < 1:
+            raise bad("collapse_reward_frac", self.collapse_reward_frac, "a number in (0, 1)")
         for name in ("accel_factor", "grad_spike_factor"):
             if not getattr(self, name) > 1:
                 raise bad(name, getattr(self, name), "a number > 1")
@@ -278,6 +285,11 @@ class _Debounce:
             self.label, self._count = candidate, 0
         return self.label
 
+    def force(self, label: str) -> str:
+        """Report ``label`` now (the caller has already waited out its own patience)."""
+        self.label, self._candidate, self._count = label, label, 0
+        return self.label
+
 
 def _xy(points: Iterable[tuple[int, float]]) -> tuple[list[float], list[float]]:
     points = list(points)
@@ -300,6 +312,8 @@ class PhaseDetector:
         self._probe_baseline: list[float] = []
         self._ent_baseline: list[float] = []
         self._decay_steps = 0  # consecutive steps reported as steady_decay
+        self._reward_peak = 0.0
+        self._low_reward_steps = 0  # consecutive steps with the reward below collapse_reward_frac of its peak
         self._lld = _Debounce(cfg.patience, "warmup")
         self._entropy = _Debounce(cfg.patience, "warmup")
 
@@ -417,6 +431,9 @@ class PhaseDetector:
 
         if (value := self._value(metrics, cfg.reward_key)) is not None:
             self._reward.append((step, value))
+            self._reward_peak = max(self._reward_peak, value)
+            low = value < cfg.collapse_reward_frac * self._reward_peak
+            self._low_reward_steps = self._low_reward_steps + 1 if low else 0
         # An infinite gradient norm (a skipped optimiser step) is the largest spike there is, not a gap.
         if (value := self._value(metrics, cfg.grad_norm_key, allow_inf=True)) is not None:
             self._grad.append(value)
@@ -430,6 +447,11 @@ class PhaseDetector:
                 self._lik_baseline.append(value)
             self._lld.push(self._likelihood_candidate(evidence))
             self._decay_steps = self._decay_steps + 1 if self._lld.label == "steady_decay" else 0
+        elif self._low_reward_steps >= cfg.patience and self._reward_peak > 0:
+            # no correct response to read a likelihood from, and the reward is gone: Phase III's collapse
+            evidence.update({"reward/peak": self._reward_peak, "reward/level": self._reward[-1][1],
+                             "reward/low_steps": float(self._low_reward_steps)})
+            self._lld.force("accelerated_collapse")
         if (value := self._value(metrics, cfg.entropy_key)) is not None:
             self._ent.append((step, value))
             if len(self._ent_baseline) < cfg.window:

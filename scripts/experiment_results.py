@@ -11,14 +11,16 @@ README's table is what the committed summaries give.
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from pathlib import Path
 
 from rlvr_lab.lab.results import results_table, write_summary
 
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_blocks import write_block  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-README = ROOT / "README.md"
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 
 
@@ -32,12 +34,7 @@ def main() -> None:
         spec = ROOT / "experiments" / f"{name}.yaml"
         print(write_summary(sweep, RESULTS, spec if spec.is_file() else None))
     if args.readme:
-        readme = README.read_text()
-        block = f"{START}\n{results_table(RESULTS)}\n{END}"
-        new, n = re.subn(re.escape(START) + r".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
-        if n != 1:
-            raise SystemExit(f"README.md must hold exactly one {START} ... {END} block")
-        README.write_text(new)
+        write_block(results_table(RESULTS), START, END)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ inputs it needs) and the preset's own config blocks, so the table cannot drift f
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from pathlib import Path
 
 from rlvr_lab.config import Config, inert_methods, load_config
@@ -19,7 +19,9 @@ from rlvr_lab.objectives import ADVANTAGE_ESTIMATORS
 from rlvr_lab.presets import preset_names, preset_summary
 from rlvr_lab.train.methods import TOOL_USE_PROVIDES, SINGLE_TURN_PROVIDES
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_blocks import write_block  # noqa: E402
+
 START, END = "<!-- methods-table:start -->", "<!-- methods-table:end -->"
 
 
@@ -77,12 +79,7 @@ def main() -> None:
     if not args.write:
         print(text)
         return
-    readme = README.read_text()
-    block = f"{START}\n{text}\n{END}"
-    new, n = re.subn(re.escape(START) + r".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"README.md must hold exactly one {START} ... {END} block")
-    README.write_text(new)
+    write_block(text, START, END)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ recorded and aborted, so a page that needed the network fails here. Without Chro
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,13 @@ from rlvr_lab.diagnostics.report import RUN_COLOURS
 from rlvr_lab.lab.compare import build_figures, load_comparison, write_comparison
 
 from test_lab_compare import make_sweep
-
-ROOT = Path(__file__).parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian: apt-get install chromium; "
-                                                     "`make test` does it when run as root)"),
-]
+from browser import needs_chromium, screenshot_module
 
 
-def _screenshot_module():
-    """scripts/report_screenshot.py, which holds the browser launch the report's tests use too."""
-    spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "scripts" / "report_screenshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = needs_chromium
 
 
-shot = _screenshot_module()
+shot = screenshot_module()
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ def load_script(name: str):
 
 def test_readme_methods_table_is_generated_from_the_declarations():
     script = load_script("methods_table")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
+    block = load_script("readme_blocks").read_block(script.START, script.END)
     assert block == script.table(), "README's methods table is stale: run python scripts/methods_table.py --write"
     assert "| `kl_cov` |" in block and "an off-policy step" in block
 
@@ -27,7 +26,6 @@ def test_readme_results_table_is_generated_from_the_committed_summaries():
     from rlvr_lab.lab.results import results_table
 
     script = load_script("experiment_results")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(script.START, 1)[1].split(script.END, 1)[0].strip()
+    block = load_script("readme_blocks").read_block(script.START, script.END)
     assert block == results_table(ROOT / "experiments" / "results"), \
         "README's results table is stale: run python scripts/experiment_results.py --readme"

@@ -10,7 +10,6 @@ temporary directory.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,27 +19,14 @@ import pytest
 
 from rlvr_lab.diagnostics.report import RUN_COLOURS, build_figures, write_report
 from rlvr_lab.diagnostics.runlog import load_runs
+from browser import needs_chromium, screenshot_module
 
-ROOT = Path(__file__).parents[1]
 RECORDED = Path(__file__).parent / "data" / "recorded_run"
-CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian: apt-get install chromium; "
-                                                     "`make test` does it when run as root)"),
-]
+pytestmark = needs_chromium
 
 
-def _screenshot_module():
-    """scripts/report_screenshot.py, which holds the browser launch both the script and these tests use."""
-    spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "scripts" / "report_screenshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-shot = _screenshot_module()
+shot = screenshot_module()
 
 
 def _second_run(dst: Path) -> Path:

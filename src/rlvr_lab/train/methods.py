@@ -65,11 +65,6 @@ SINGLE_TURN_PROVIDES = frozenset({"action_ids"})
 TOOL_USE_PROVIDES = frozenset({"action_ids", "answer_mask", "valid_searches", "tool_calls"})
 
 
-def with_defaults(entry: Entry, params: dict[str, Any]) -> dict[str, Any]:
-    """The component's keyword defaults overlaid with the configured ``params``."""
-    return entry.with_defaults(params)
-
-
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) * 7_919 + 104_729  # apart from the rollout seeds
 
@@ -213,7 +208,7 @@ def components_needing(cfg: Config, what: str) -> list[tuple[Entry, dict[str, An
     for registry, comp in components(cfg):
         entry = registry.entry(comp.name)
         if what in entry.needs:
-            out.append((entry, with_defaults(entry, comp.params)))
+            out.append((entry, entry.with_defaults(comp.params)))
     return out
 
 
@@ -328,7 +323,7 @@ class Methods:
         hook = entry.meta.get("metrics")
         if hook is None:
             return {}
-        out = hook(rewards, advantages, ctx, keep=keep, **with_defaults(entry, comp.params))
+        out = hook(rewards, advantages, ctx, keep=keep, **entry.with_defaults(comp.params))
         return {k: float(v) for k, v in out.items()}
 
     @staticmethod

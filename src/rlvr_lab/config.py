@@ -546,9 +546,10 @@ class Config(_Strict):
             problem = check(entry.with_defaults(comp.params), self) if check is not None else None
             if problem:
                 raise ValueError(f"{where} {comp.name!r}: {problem}")
-        if inert_methods(self) and not self.train.allow_inert_methods:
+        inert = inert_methods(self)
+        if inert and not self.train.allow_inert_methods:
             raise ValueError(
-                "\n  ".join(inert_methods(self)) + "\n  Use train.minibatches >= 2 or train.epochs >= 2 (an "
+                "\n  ".join(inert) + "\n  Use train.minibatches >= 2 or train.epochs >= 2 (an "
                 "off-policy step), or set train.allow_inert_methods=true to run anyway with a warning."
             )
         return self

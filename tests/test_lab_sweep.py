@@ -20,21 +20,10 @@ from rlvr_lab.cli import app
 from rlvr_lab.config import load_config
 from rlvr_lab.lab import sweep
 from rlvr_lab.lab.sweep import SpecError, expand, load_spec, plan_sweep, run_sweep
+from tiny_run import TINY as TINY_RUN
 
-# About 3 s of training per cell on one thread (plus the process start): no warm-start, no eval, 2 steps.
-TINY = {
-    "extends": "grpo",
-    "run": {"name": "ignored", "seed": 99, "threads": 7},
-    "model": {"source": "tiny", "tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-                                         "intermediate_size": 64, "max_position_embeddings": 160}},
-    "task": {"name": "chain_sum", "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-             "train_size": 50, "eval_size": 8},
-    "rollout": {"max_new_tokens": 8},
-    "sft": {"steps": 0},
-    "train": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "micro_batch_size": 4},
-    "eval": {"enabled": False},
-    "observe": {"report": False},
-}
+# The sweep must override the base config's run name, seed and threads.
+TINY = {**TINY_RUN, "run": {"name": "ignored", "seed": 99, "threads": 7}}
 
 SPEC = {"name": "tiny_sweep", "base": "../configs/tiny.yaml", "seeds": [0, 1],
         "conditions": {"grpo": {"presets": ["grpo"]}}}

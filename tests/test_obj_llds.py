@@ -10,7 +10,6 @@ from rlvr_lab.objectives import AUX_LOSSES, StepContext
 from rlvr_lab.objectives.llds import (
     action_ids_from_mask,
     llds_answer_coef,
-    llds_is_identically_zero,
     llds_loss,
     llds_num_preserving,
 )
@@ -97,8 +96,6 @@ def test_identically_zero_on_policy_and_helper():
     loss, _ = llds_loss(policy, policy.detach().clone(), adv, mask, ctx)
     loss.backward()
     assert loss.item() == 0.0 and policy.grad.abs().sum().item() == 0.0
-    assert llds_is_identically_zero(1, 1)
-    assert not llds_is_identically_zero(2, 1) and not llds_is_identically_zero(1, 2)
     assert "identically 0" in AUX_LOSSES.entry("llds").inert_without_off_policy({})
 
 
@@ -207,11 +204,14 @@ def test_bandit_gradient_restores_a_displaced_preserved_response():
 
 
 def test_presets_validate():
-    from rlvr_lab.config import load_config
+    from rlvr_lab.config import inert_methods, load_config
 
     cfg = load_config(CONFIGS / "demo.yaml", presets=["llds"])
     (aux,) = cfg.algorithm.aux_losses
     assert aux.name == "llds" and aux.params["lam"] == 0.2 and aux.params["norm"] == "code"
-    assert not llds_is_identically_zero(cfg.train.minibatches, cfg.train.epochs)
+    assert cfg.train.minibatches > 1 and inert_methods(cfg) == []
+    one_step = load_config(CONFIGS / "demo.yaml", presets=["llds"],
+                           overrides=["train.minibatches=1", "train.allow_inert_methods=true"])
+    assert any("'llds'" in reason for reason in inert_methods(one_step))
     ma = load_config(CONFIGS / "demo.yaml", presets=["llds_ma"]).algorithm.aux_losses[0]
     assert ma.params["mask_answer"] is True and ma.params["answer_weight"] == "paper"

@@ -135,11 +135,14 @@ def _load(config: Optional[Path], preset: list[Path], overrides: list[str]):
         raise typer.Exit(2) from None
 
 
+PRESET_HELP = "A packaged preset by name (e.g. dapo; see `rlvr list`) or a YAML file, merged over the config."
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="Run config YAML (see configs/)."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.steps=10"),
-    preset: list[Path] = typer.Option([], "--preset", "-p", help="YAML merged over the config (e.g. configs/dapo.yaml)."),
+    preset: list[Path] = typer.Option([], "--preset", "-p", help=PRESET_HELP),
     quiet: bool = typer.Option(False, help="No per-step lines."),
 ) -> None:
     """Supervised warm-start (optional), then RL; writes metrics, checkpoints and a summary to the run dir."""
@@ -162,7 +165,7 @@ def train(
 def show_config(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (defaults if omitted)."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
-    preset: list[Path] = typer.Option([], "--preset", "-p", help="YAML merged over the config."),
+    preset: list[Path] = typer.Option([], "--preset", "-p", help=PRESET_HELP),
 ) -> None:
     """Print the fully resolved, validated config."""
     console.print(dump_config(_load(config, preset, overrides or [])), markup=False)

@@ -217,12 +217,12 @@ def _eval_step(label: str, last_step: int) -> int | None:
     return int(number) if number.isdigit() else None
 
 
-def _plotly_text(text: str) -> str:
+def plotly_text(text: str) -> str:
     """Plotly reads names as a small subset of HTML; escape so a run name like "a<b" shows as typed."""
     return html.escape(text, quote=False)
 
 
-def _fade(colour: str, alpha: float) -> str:
+def fade(colour: str, alpha: float) -> str:
     r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
@@ -234,7 +234,7 @@ def _mode(n_points: int) -> str:
 def _line_traces(panel: Panel, run: RunLog, colour: str, group_keys: list[str], multi: bool) -> list[go.Scatter]:
     """The traces of one run in one panel, all in the run's legend group and colour."""
     single = len(panel.lines) == 1 and not group_keys and not panel.with_eval
-    group = _plotly_text(run.name)
+    group = plotly_text(run.name)
     common: dict[str, Any] = {"meta": run.name}  # meta names the run of every trace (tests read it)
     if multi:  # one legend column per run; with one run the entries flow in rows instead
         common["legendgroup"] = run.name
@@ -254,14 +254,14 @@ def _line_traces(panel: Panel, run: RunLog, colour: str, group_keys: list[str], 
         ))
 
     for line in panel.lines:
-        name = group if single else _plotly_text(line.label)
+        name = group if single else plotly_text(line.label)
         if line.band and run.has(line.band[0], panel.stage) and run.has(line.band[1], panel.stage):
             low, high = line.band
             add(high, high, width=0, mode="lines", showlegend=False)
-            add(low, low, width=0, mode="lines", showlegend=False, fill="tonexty", fillcolor=_fade(colour, 0.16))
+            add(low, low, width=0, mode="lines", showlegend=False, fill="tonexty", fillcolor=fade(colour, 0.16))
         add(line.key, name, dash=line.dash, right=line.right)
     for i, key in enumerate(group_keys):
-        add(key, _plotly_text(key.removeprefix(panel.group_prefix)), dash=GROUP_DASHES[i % len(GROUP_DASHES)],
+        add(key, plotly_text(key.removeprefix(panel.group_prefix)), dash=GROUP_DASHES[i % len(GROUP_DASHES)],
             width=1.3, opacity=0.8, mode="lines")
     if panel.with_eval:
         steps, values, errors, labels = eval_points(run)
@@ -307,7 +307,7 @@ def _supports_unified_hover_title() -> bool:
 _UNIFIED_HOVER_TITLE = _supports_unified_hover_title()
 
 
-def _base_layout(x_title: str, hover_title: str, height: int = PLOT_HEIGHT) -> dict[str, Any]:
+def base_layout(x_title: str, hover_title: str, height: int = PLOT_HEIGHT) -> dict[str, Any]:
     return {
         "template": "plotly_white",
         "height": height,
@@ -331,7 +331,7 @@ def panel_figure(panel: Panel, runs: Sequence[RunLog], colours: dict[str, str]) 
     for run in runs:
         fig.add_traces(_line_traces(panel, run, colours[run.name], group_keys, multi))
     x_title = "warm-start step" if panel.stage == "sft" else "RL step"
-    layout = _base_layout(x_title, x_title + " %{x}")
+    layout = base_layout(x_title, x_title + " %{x}")
     layout["yaxis"]["title"] = {"text": panel.y_title}
     if any(trace.yaxis == "y2" for trace in fig.data):
         layout["yaxis2"] = {"title": {"text": panel.right_title}, "overlaying": "y", "side": "right",
@@ -386,11 +386,11 @@ def phase_timeline(runs: Sequence[RunLog], colours: dict[str, str]) -> go.Figure
     labels = {s.label for _, segments in rows for s in segments}
     if not labels:
         return None
-    names = [_plotly_text(run.name) for run in runs]
+    names = [plotly_text(run.name) for run in runs]
     fig = go.Figure()
     for label in _ordered_labels(labels):
         bars = [(name, s) for (run, segments), name in zip(rows, names) for s in segments if s.label == label]
-        shown = _plotly_text(label)
+        shown = plotly_text(label)
         fig.add_trace(go.Bar(
             orientation="h", y=[name for name, _ in bars], base=[s.start - 0.5 for _, s in bars],
             x=[s.end - s.start + 1 for _, s in bars], customdata=[(s.start, s.end) for _, s in bars],
@@ -404,7 +404,7 @@ def phase_timeline(runs: Sequence[RunLog], colours: dict[str, str]) -> go.Figure
             marker={"symbol": "triangle-down", "size": 13, "color": "#111827", "line": {"color": "white", "width": 1}},
             text=[_alert_text(a) for _, a in alerts], hovertemplate="%{y}<br>%{text}<extra></extra>",
         ))
-    layout = _base_layout("RL step", "RL step %{x}", height=130 + 46 * len(runs))
+    layout = base_layout("RL step", "RL step %{x}", height=130 + 46 * len(runs))
     layout.update(barmode="overlay", bargap=0.35, hovermode="closest")
     layout["margin"].update(b=48, t=36)
     layout["legend"].update(y=1.02, yanchor="bottom", orientation="h")
@@ -420,9 +420,9 @@ def _alert_text(alert: dict[str, Any]) -> str:
     entered = ", ".join(map(str, alert.get("entered") or []))
     evidence = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
                          for k, v in (alert.get("evidence") or {}).items())
-    action = _plotly_text(str(alert.get("action")))
-    text = f"step {alert.get('step')}: entered <b>{_plotly_text(entered)}</b>; action {action}"
-    return text + (f"<br>{_plotly_text(evidence)}" if evidence else "")
+    action = plotly_text(str(alert.get("action")))
+    text = f"step {alert.get('step')}: entered <b>{plotly_text(entered)}</b>; action {action}"
+    return text + (f"<br>{plotly_text(evidence)}" if evidence else "")
 
 
 def build_figures(runs: Sequence[RunLog]) -> ReportFigures:
@@ -480,7 +480,7 @@ def _phase_chip(label: str | None) -> str:
     if not label:
         return "—"
     colour = PHASE_COLOURS.get(label, UNKNOWN_PHASE_COLOUR)
-    style = f"background:{_fade(colour, 0.28)};border-color:{colour}"
+    style = f"background:{fade(colour, 0.28)};border-color:{colour}"
     return f'<span class="phase" style="{style}">{html.escape(label)}</span>'
 
 
@@ -558,7 +558,7 @@ code { font-family: ui-monospace, 'SFMono-Regular', Menlo, Consolas, monospace; 
 """ % {"font": FONT}
 
 
-def _card_html(card: Card) -> str:
+def card_html(card: Card) -> str:
     plot = pio.to_html(card.figure, include_plotlyjs=False, full_html=False, div_id=f"plot-{card.id}",
                        config=PLOTLY_CONFIG, default_height=f"{card.figure.layout.height}px", default_width="100%")
     wide = " wide" if card.wide else ""
@@ -600,8 +600,8 @@ def render_html(runs: Sequence[RunLog], title: str | None = None) -> str:
                     f'{html.escape(run.name)}</li>' for run in runs)
     rows = "".join(_summary_row(run, colours[run.name]) for run in runs)
     header_cells = "".join(f"<th>{h}</th>" for h in SUMMARY_HEADERS)
-    timeline_html = "".join(f'<section class="grid">{_card_html(c)}</section>' for c in figures.cards if c.wide)
-    grid_html = "".join(_card_html(c) for c in figures.cards if not c.wide) or (
+    timeline_html = "".join(f'<section class="grid">{card_html(c)}</section>' for c in figures.cards if c.wide)
+    grid_html = "".join(card_html(c) for c in figures.cards if not c.wide) or (
         '<p class="muted">No per-step metrics recorded yet.</p>')
     notes = "".join(f"<li>{note}</li>" for note in _notes(runs, figures))
     return f"""<!DOCTYPE html>

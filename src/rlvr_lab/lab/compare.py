@@ -48,10 +48,10 @@ from rlvr_lab.diagnostics.report import (
     PLOT_HEIGHT,
     RUN_COLOURS,
     Card,
-    _base_layout,
-    _card_html,
-    _fade,
-    _plotly_text,
+    base_layout,
+    card_html,
+    fade,
+    plotly_text,
     phase_timeline,
 )
 from rlvr_lab.diagnostics.runlog import RunDirError, RunLog, load_run
@@ -631,12 +631,12 @@ def signal_figure(key: str, y_title: str, conditions: Sequence[Condition], colou
         band = band_over_seeds([signal_series(cell.run, key) for cell in condition.completed])
         if not band.steps:
             continue
-        colour, name = colours[condition.name], _plotly_text(condition.name)
+        colour, name = colours[condition.name], plotly_text(condition.name)
         common = {"legendgroup": condition.name, "meta": condition.name, "x": band.steps}
         if max(band.n) > 1:
             edge = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False, "hoverinfo": "skip"}
             fig.add_trace(go.Scatter(y=band.high, name=f"{name} max", **edge, **common))
-            fig.add_trace(go.Scatter(y=band.low, name=f"{name} min", fill="tonexty", fillcolor=_fade(colour, 0.18),
+            fig.add_trace(go.Scatter(y=band.low, name=f"{name} min", fill="tonexty", fillcolor=fade(colour, 0.18),
                                      **edge, **common))
         fig.add_trace(go.Scatter(
             y=band.mean, name=name, mode="lines+markers" if len(band.steps) <= 60 else "lines",
@@ -645,7 +645,7 @@ def signal_figure(key: str, y_title: str, conditions: Sequence[Condition], colou
             hovertemplate=f"{name}: %{{y:.4g}} (seeds %{{customdata[0]}}, range %{{customdata[1]:.4g}} to "
                           "%{customdata[2]:.4g})<extra></extra>", **common,
         ))
-    layout = _base_layout("RL step", "RL step %{x}")
+    layout = base_layout("RL step", "RL step %{x}")
     layout["yaxis"]["title"] = {"text": y_title}
     layout["hoverdistance"] = -1  # the nearest step anywhere on the plot: sweeps often log a few dozen steps
     flat = _flat_range(fig)
@@ -789,8 +789,8 @@ def render_html(comparison: Comparison, metrics: Sequence[str] | None = None) ->
     missing_html = (f'<section id="missing"><h2>Missing cells ({len(missing)})</h2><p class="muted">Not completed, '
                     'or not readable: left out of every statistic and plot.</p><ul class="missing">'
                     + "".join(f"<li>{html.escape(m)}</li>" for m in missing) + "</ul></section>") if missing else ""
-    timeline_html = "".join(f'<section class="grid">{_card_html(c)}</section>' for c in figures.cards if c.wide)
-    grid_html = "".join(_card_html(c) for c in figures.cards if not c.wide) or (
+    timeline_html = "".join(f'<section class="grid">{card_html(c)}</section>' for c in figures.cards if c.wide)
+    grid_html = "".join(card_html(c) for c in figures.cards if not c.wide) or (
         '<p class="muted">No per-step metrics recorded by any completed run.</p>')
     notes = "".join(f"<li>{note}</li>" for note in _notes(comparison, figures))
     description = f'<p class="sub">{html.escape(comparison.description)}</p>' if comparison.description else ""

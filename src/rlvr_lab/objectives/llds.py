@@ -13,7 +13,8 @@ displaced tokens and leaves tokens whose likelihood rose untouched.
 
 Prerequisite: ``Δ`` is identically 0 while the policy has not moved since ``old_logprobs`` were
 computed (the first mini-batch of every rollout, and every mini-batch with one mini-batch and one
-epoch). Use several mini-batches or epochs; see :func:`llds_is_identically_zero`.
+epoch). Use several mini-batches or epochs; the registry entry declares this, so config validation
+refuses LLDS with one mini-batch and one epoch.
 """
 
 from __future__ import annotations
@@ -34,19 +35,6 @@ ANSWER_WEIGHTS = ("paper", "code_adaptive", "code_fixed")
 # Keys the trainer may put in ``StepContext.extras`` (both optional, both whole-step/mini-batch values).
 VALID_SEARCH_MEAN_KEY = "llds_valid_search_mean"  # float or 0-d tensor: mean valid searches V_s at this RL step
 NUM_PRESERVING_KEY = "llds_num_preserving"  # float or 0-d tensor: |Y_pre| of the whole mini-batch (paper norm)
-
-
-def llds_is_identically_zero(minibatches: int, epochs: int) -> bool:
-    """True when the LLDS loss is 0 at every update: one mini-batch and one epoch per rollout.
-
-    The loss is a function of ``old_logprobs - policy_logprobs``; with a single optimiser step per
-    rollout the policy is evaluated before it has moved, so the displacement (and the gradient) is
-    exactly 0 (spec 2.2 "Prerequisite"; the authors use 2 mini-batches of 256 prompts). The trainer
-    must warn when this returns True for a configuration that enables LLDS.
-    """
-    if minibatches < 1 or epochs < 1:
-        raise ValueError(f"minibatches and epochs must be >= 1, got {minibatches}, {epochs}")
-    return minibatches == 1 and epochs == 1
 
 
 def action_ids_from_mask(loss_mask: torch.Tensor) -> torch.Tensor:

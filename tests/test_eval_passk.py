@@ -8,6 +8,7 @@ from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from rlvr_lab.eval import mean_pass_at_k, paired_difference, pass_at_k, standard_error
 from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
@@ -114,7 +115,7 @@ class CountingEnv:
             else:
                 j = seen[i] = seen.get(i, -1) + 1
                 texts.append("right" if j < i % (self.samples + 1) else "wrong")
-        return SimpleNamespace(texts=texts)
+        return SimpleNamespace(texts=texts, response_mask=torch.ones(len(texts), 3, dtype=torch.bool))
 
     def score(self, texts, examples):
         return [Score(value=float(t == "right"), correct=t == "right") for t in texts]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_run import TINY as TINY_RUN
 from typer.testing import CliRunner
 
 from rlvr_lab.cli import app
 from rlvr_lab.config import load_config
 from rlvr_lab.lab import sweep
 from rlvr_lab.lab.sweep import SpecError, expand, load_spec, plan_sweep, run_sweep
-from tiny_run import TINY as TINY_RUN
 
 # The sweep must override the base config's run name, seed and threads.
 TINY = {**TINY_RUN, "run": {"name": "ignored", "seed": 99, "threads": 7}}

@@ -310,5 +310,50 @@ def compare(
     console.print(f"Markdown table: [bold cyan]{escape(str(md_path))}[/]")
 
 
+@app.command("eval")
+def eval_model(
+    model: str = typer.Argument(..., help="tiny, smollm2-135m-instruct, a .gguf file, a Hugging Face model directory, or a run directory (its last checkpoint and config)."),
+    overrides: list[str] = typer.Argument(None, help="key.path=value config overrides, e.g. rollout.max_new_tokens=64."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="reasoning-gym task name (the trainer's held-out split of it)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="JSONL/Parquet file of questions with answer/answers (exact match)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config for the prompt, extraction and lengths (default: the run's own, else the defaults)."),
+    questions: Optional[int] = typer.Option(None, "--questions", "-n", min=1, help="Questions to evaluate (default: the config's task.eval_size)."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-s", min=1, help="Sampled responses per question (default: the config's eval.samples)."),
+    k: Optional[list[int]] = typer.Option(None, "--k", "-k", help="pass@k to report (repeatable; each <= samples)."),
+    maj: Optional[list[int]] = typer.Option(None, "--maj", help="maj@k to report (repeatable; default: all samples)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature of the n samples."),
+    seed: int = typer.Option(1234, "--seed", help="Sampling seed (shared by both models with --compare)."),
+    compare_with: Optional[str] = typer.Option(None, "--compare", help="A second model evaluated on the same questions and samples; paired differences are reported."),
+    out: Path = typer.Option(Path("evals/latest"), "--out", "-o", help="Output directory: samples.jsonl, eval.json, eval.md."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the config's run.threads)."),
+) -> None:
+    """Greedy accuracy, unbiased pass@k and maj@k with 95% intervals; every sample written to JSONL."""
+    from rich.markup import escape
+
+    from rlvr_lab.eval.run import EvalInputError, EvalRequest, run_eval
+
+    request = EvalRequest(model=model, task=task, data=data, config=str(config) if config else None,
+                          overrides=list(overrides or []), questions=questions, samples=samples,
+                          ks=list(k) if k else None, maj=list(maj) if maj else None, temperature=temperature,
+                          seed=seed, compare=compare_with, out=out, threads=threads)
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+
+    def progress(label: str, total: int):
+        bar = bars.add_task(f"eval {escape(label)}", total=total)
+        return lambda n: bars.advance(bar, n)
+
+    try:
+        with bars:
+            result = run_eval(request, progress=progress)
+    except EvalInputError as exc:
+        console.print(f"[bold red]eval error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{result['questions']} questions x {result['samples']} samples (temperature "
+                  f"{result['temperature']}), 95% intervals over questions", highlight=False)
+    console.print(result["table"], markup=False, highlight=False, soft_wrap=True)
+    console.print(f"samples and metrics: [bold cyan]{escape(str(out))}[/]")
+
+
 if __name__ == "__main__":
     app()

@@ -424,15 +424,22 @@ class EvalConfig(_Strict):
     every: int = Field(0, ge=0, description="Also evaluate every N RL steps (0: only before/after).")
     samples: int = Field(8, ge=1, description="Samples per prompt n for pass@k.")
     k: list[int] = Field(default_factory=lambda: [1, 8], description="k values for unbiased pass@k (each <= samples).")
+    maj: list[int] | None = Field(
+        None, description="k values for maj@k, majority vote over k samples (each <= samples); None: all samples."
+    )
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for pass@k.")
     greedy: bool = Field(True, description="Also measure greedy accuracy.")
 
     @model_validator(mode="after")
     def _check_k(self) -> EvalConfig:
-        bad = [k for k in self.k if not 1 <= k <= self.samples]
+        bad = [k for k in (*self.k, *(self.maj or ())) if not 1 <= k <= self.samples]
         if bad:
             raise ValueError(f"k values {bad} must be between 1 and samples={self.samples}")
         return self
+
+    def maj_ks(self) -> list[int]:
+        """The k of each maj@k to report: ``maj``, or all samples when it is None."""
+        return list(self.maj) if self.maj is not None else [self.samples]
 
 
 class WandbConfig(_Strict):

@@ -9,9 +9,10 @@ import yaml
 
 pytest.importorskip("ray")
 
+from tiny_run import TINY  # noqa: E402
+
 from rlvr_lab.lab import sweep  # noqa: E402
 from rlvr_lab.lab.sweep import load_spec, run_sweep  # noqa: E402
-from tiny_run import TINY  # noqa: E402
 
 
 @pytest.mark.slow

@@ -195,9 +195,9 @@ class Trainer:
         self.report("eval_start", label=label)
         result = evaluate(
             self.engine, self.env, self.eval_task.examples(len(self.eval_task)),
-            samples=ecfg.samples, ks=ecfg.k, temperature=ecfg.temperature,
+            samples=ecfg.samples, ks=ecfg.k, maj=ecfg.maj_ks(), temperature=ecfg.temperature,
             max_new_tokens=rcfg.max_new_tokens, stop_strings=rcfg.stop_strings,
-            greedy=ecfg.greedy, seed=EVAL_SEED,
+            greedy=ecfg.greedy, seed=EVAL_SEED, answer_fallback=self.cfg.task.answer_fallback,
         )
         result["eval/seconds"] = time.perf_counter() - t0
         self.metrics.write({"stage": "eval", "label": label, "step": step, **result})

@@ -28,13 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is local; never
 import torch
 
 from rlvr_lab.eval.evaluate import sample_eval
-from rlvr_lab.eval.run import (
-    EvalRequest,
-    eval_config,
-    eval_questions,
-    load_engine,
-    resolve_model,
-)
+from rlvr_lab.eval.run import EvalRequest, eval_config, eval_questions, load_engine, resolve_model
+from rlvr_lab.train.environment import build_env
 
 TARGET = 2.0
 TASK = "chain_sum"
@@ -90,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = eval_config(EvalRequest(args.model, task=TASK, questions=args.questions,
                                   overrides=[f"run.threads={args.threads}"]), spec)
     task, examples = eval_questions(cfg)
-    engine, env = load_engine(cfg, task)
+    engine = load_engine(cfg)
+    env = build_env(cfg, engine.tokenizer, task, None)
     engine.eos_ids = []  # no row stops early: both sides produce exactly new_tokens per sample
     expected = args.questions * args.samples * args.new_tokens
     library(engine, env, examples[:1], args.samples, 2, seed=0)  # warm-up, both sides

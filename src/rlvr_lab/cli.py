@@ -355,5 +355,53 @@ def eval_model(
     console.print(f"samples and metrics: [bold cyan]{escape(str(out))}[/]")
 
 
+@app.command("select")
+def select(
+    samples: Path = typer.Argument(..., help="samples.jsonl written by `rlvr eval` (each question's sampled responses are the candidates)."),
+    selector: str = typer.Option(..., "--selector", help="Selector model: tiny, smollm2-135m-instruct, a .gguf file, a model or run directory."),
+    method: str = typer.Option("hybrid", "--method", help="genselect (knockout tournament), judge (highest yes-rate) or hybrid (tournament to --n-s, then the judge)."),
+    n_s: int = typer.Option(2, "--n-s", help="Hybrid: candidates the tournament keeps for the judge (-1: judge every candidate)."),
+    n_j: int = typer.Option(4, "--n-j", min=1, help="Judge verdicts per candidate (their yes-rate is its score)."),
+    order: str = typer.Option("genselect_then_judge", "--order", help="Hybrid order: genselect_then_judge (the paper's recipe) or judge_then_genselect."),
+    group_size: int = typer.Option(2, "--group-size", min=2, help="Candidates per tournament game."),
+    genselect_template: str = typer.Option("genselect", "--genselect-template", help="Built-in name or a template file with {problem} and {candidates}."),
+    judge_template: str = typer.Option("judge", "--judge-template", help="Built-in name or a template file with {problem} and {solution}."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest selector reply."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="Selector sampling temperature (top-p 0.95)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With a --compare samples file: whose samples to select from."),
+    questions: Optional[int] = typer.Option(None, "--questions", "-n", min=1, help="Only the first N questions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tournament shuffles and the selector's sampling."),
+    out: Path = typer.Option(Path("evals/select"), "--out", "-o", help="Output directory: select.json, select.md, selections.jsonl."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """Best-of-n selection with a language model (GenSelect, LLM-as-judge, hybrid) against oracle, random and majority."""
+    from rich.markup import escape
+
+    from rlvr_lab.eval.run import EvalInputError
+    from rlvr_lab.eval.selection.run import SelectInputError, SelectSettings, run_select
+
+    settings = SelectSettings(method=method, n_s=n_s, n_j=n_j, group_size=group_size, order=order,
+                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                              genselect_template=genselect_template, judge_template=judge_template)
+    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+
+    def progress(total: int):
+        bar = bars.add_task(f"select ({escape(method)})", total=total)
+        return lambda n: bars.advance(bar, n)
+
+    try:
+        with bars:
+            summary = run_select(samples, selector, settings, out, model=model, questions=questions,
+                                 threads=threads, progress=progress)
+    except (SelectInputError, EvalInputError) as exc:
+        console.print(f"[bold red]select error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(summary["table"], markup=False, highlight=False, soft_wrap=True)
+    console.print(f"failed comparisons {summary['failed_comparisons']} of {summary['games']} games, unreadable "
+                  f"verdicts {summary['judge_parse_failures']} of {summary['judge_calls']}; 95% intervals "
+                  f"(Wilson for proportions, normal for means) | records: [bold cyan]{escape(str(out))}[/]", soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

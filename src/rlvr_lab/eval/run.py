@@ -154,29 +154,32 @@ class ModelEval:
     seconds: float
 
 
-def load_engine(cfg: Config, task):
-    """(engine, env) for ``cfg``'s model and ``task``: the trainer's loader, environment and rollout engine."""
+def load_engine(cfg: Config):
+    """The rollout engine over ``cfg``'s model, loaded as the trainer loads it."""
     import torch
 
     from rlvr_lab.models import load_model_and_tokenizer
     from rlvr_lab.rollout.engine import RolloutEngine
-    from rlvr_lab.train.environment import build_env
     from rlvr_lab.train.loop import pick_device
 
-    if cfg.search.enabled:
-        raise EvalInputError("rlvr eval runs single-turn tasks; search runs are evaluated by the trainer")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     loaded = load_model_and_tokenizer(cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype,
                                       device=pick_device(cfg.run.device), seed=cfg.run.seed)
-    env = build_env(cfg, loaded.tokenizer, task, None)
-    return RolloutEngine(loaded.model, loaded.tokenizer, backend=cfg.rollout.backend), env
+    return RolloutEngine(loaded.model, loaded.tokenizer, backend=cfg.rollout.backend)
+
+
 
 
 def evaluate_model(cfg: Config, spec: ModelSpec, examples: list[dict[str, Any]], task, *, seed: int,
                    progress: Callable[[int], None] | None = None) -> ModelEval:
     """Load ``spec``'s model and run :func:`sample_eval` and :func:`summarize` with ``cfg``'s settings."""
-    engine, env = load_engine(cfg, task)
+    from rlvr_lab.train.environment import build_env
+
+    if cfg.search.enabled:
+        raise EvalInputError("rlvr eval runs single-turn tasks; search runs are evaluated by the trainer")
+    engine = load_engine(cfg)
+    env = build_env(cfg, engine.tokenizer, task, None)
     e, r = cfg.eval, cfg.rollout
     t0 = time.perf_counter()
     result = sample_eval(engine, env, examples, samples=e.samples, temperature=e.temperature,

@@ -35,7 +35,7 @@ def load_qa_dataset(path: str | os.PathLike[str], *, limit: int | None = None) -
         raise FileNotFoundError(f"QA dataset not found: {path}")
     if path.suffix not in SUFFIXES:
         raise ValueError(f"unsupported QA dataset file {path}; valid suffixes: {', '.join(SUFFIXES)}")
-    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
+    rows = jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
     examples = []
     for index, (where, row) in enumerate(rows):
         if limit is not None and index >= limit:
@@ -76,7 +76,7 @@ def _is_scalar_answer(value: Any) -> bool:
     return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``("<path>:<line>", row)`` for each non-blank line."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):

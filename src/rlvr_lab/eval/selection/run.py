@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlvr_lab.envs.qa_data import jsonl_rows
 from rlvr_lab.eval.selection.hybrid import hybrid_select
 from rlvr_lab.eval.selection.metrics import (
     judge_quality,
@@ -69,27 +70,23 @@ def read_pools(path: str | Path, *, model: str | None = None, limit: int | None 
         raise SelectInputError(f"samples file not found: {path}")
     pools: dict[tuple[str, str], Pool] = {}
     models: list[str] = []
-    with path.open() as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SelectInputError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            for name, kind in REQUIRED.items():
-                if not isinstance(row.get(name), kind) or (kind is int and isinstance(row.get(name), bool)):
-                    raise SelectInputError(f"{path}:{number}: field {name!r} must be {kind.__name__}, "
-                                           f"got {row.get(name)!r}")
-            if row["model"] not in models:
-                models.append(row["model"])
-            if row["sample"] < 0 or (model is not None and row["model"] != model):
-                continue
-            key = (row["model"], row["prompt_id"])
-            pool = pools.setdefault(key, Pool(row["model"], row["prompt_id"], row["question"], [], [], []))
-            pool.texts.append(row["text"])
-            pool.answers.append(row.get("answer"))
-            pool.correct.append(row["correct"])
+    try:
+        rows = list(jsonl_rows(path))
+    except ValueError as exc:
+        raise SelectInputError(str(exc)) from None
+    for where, row in rows:
+        for name, kind in REQUIRED.items():
+            if not isinstance(row.get(name), kind) or (kind is int and isinstance(row.get(name), bool)):
+                raise SelectInputError(f"{where}: field {name!r} must be {kind.__name__}, got {row.get(name)!r}")
+        if row["model"] not in models:
+            models.append(row["model"])
+        if row["sample"] < 0 or (model is not None and row["model"] != model):
+            continue
+        key = (row["model"], row["prompt_id"])
+        pool = pools.setdefault(key, Pool(row["model"], row["prompt_id"], row["question"], [], [], []))
+        pool.texts.append(row["text"])
+        pool.answers.append(row.get("answer"))
+        pool.correct.append(row["correct"])
     if model is not None and model not in models:
         raise SelectInputError(f"model {model!r} is not in {path}; it holds {models}")
     if model is None and len(models) > 1:

@@ -403,5 +403,43 @@ def select(
                   f"(Wilson for proportions, normal for means) | records: [bold cyan]{escape(str(out))}[/]", soft_wrap=True)
 
 
+@app.command("mcq")
+def mcq(
+    model: str = typer.Argument(..., help="tiny, smollm2-135m-instruct, a .gguf file or a Hugging Face model directory."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="JSONL with question, choices, answer (index, choice text or letter); default: the shipped offline set."),
+    formats: list[str] = typer.Option(["no_choices", "string_choices", "enumerated"], "--format", "-f", help="Prompt format (repeatable): no_choices, string_choices, enumerated."),
+    shots: list[int] = typer.Option([0, 1], "--shots", help="In-context demonstrations (repeatable)."),
+    questions: Optional[int] = typer.Option(None, "--questions", "-n", min=1, help="Score only the first N questions (all remain demonstration candidates)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
+    out: Path = typer.Option(Path("evals/mcq"), "--out", "-o", help="Output directory: mcq.md, mcq.json, records.jsonl."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """Attentiveness to answer choices (arXiv 2305.14596): probability mass on the choices, SFC-resolved share and
+    accuracy bounds, sequence-scoring and PMI_DC accuracy, per prompt format and number of demonstrations."""
+    import json
+
+    from rich.markup import escape
+
+    from rlvr_lab.eval.mcq.report import format_table, run_mcq
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        results = run_mcq(model, str(data) if data else None, formats=formats, shots=shots, seed=seed,
+                          batch_size=batch_size, out_jsonl=out / "records.jsonl", max_questions=questions)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]mcq error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    table = format_table(results)
+    (out / "mcq.md").write_text(table)
+    (out / "mcq.json").write_text(json.dumps([r.summary() for r in results], indent=2) + "\n")
+    console.print(table, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"95% intervals (Wilson; normal for the mean mass) | per-question records: "
+                  f"[bold cyan]{escape(str(out / 'records.jsonl'))}[/]", soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

@@ -101,6 +101,44 @@ def test_a_selector_that_sees_the_right_solution_picks_it(method):
         assert summary["judge"]["precision"]["value"] == 1.0 and summary["judge"]["recall"]["value"] == 1.0
 
 
+@pytest.mark.parametrize("method", ["genselect", "hybrid"])
+def test_a_wave_batches_questions_together_and_selects_as_one_at_a_time(method):
+    pools = []
+    for q in range(7):
+        texts = [f"wrong {i}" for i in range(5)]
+        texts[q % 5] = "RIGHT"
+        pools.append(Pool("m", str(q), f"question {q}", texts, [None] * 5, [t == "RIGHT" for t in texts]))
+    settings = SelectSettings(method=method, n_s=2, n_j=2)
+    templates = (GENSELECT_TEMPLATE, JUDGE_TEMPLATE)
+    alone_engine, wave_engine = ScriptedEngine(), ScriptedEngine()
+    alone = [select_pool(p, BatchedSelector(alone_engine, settings), settings, templates, rng_seed=i)
+             for i, p in enumerate(pools)]
+    selector = BatchedSelector(wave_engine, settings, wave=4)
+    together = []
+    for lo in range(0, len(pools), 4):
+        jobs = [lambda pos, lo=lo: select_pool(pools[lo + pos], selector, settings, templates, rng_seed=lo + pos,
+                                               order=pos)] * len(pools[lo : lo + 4])
+        together += selector.run_wave(jobs)
+    assert [s.chosen for s in together] == [s.chosen for s in alone] == [q % 5 for q in range(7)]
+    assert [s.calls for s in together] == [s.calls for s in alone]
+    assert sum(wave_engine.batches) == sum(alone_engine.batches)  # the same calls...
+    assert len(wave_engine.batches) < len(alone_engine.batches)  # ...in fewer, larger batches
+
+
+def test_an_error_in_one_question_of_a_wave_is_raised_not_hung():
+    settings = SelectSettings(method="genselect")
+    selector = BatchedSelector(ScriptedEngine(), settings, wave=3)
+    pool = Pool("m", "q", "question", ["a RIGHT", "b", "c"], [None] * 3, [True, False, False])
+
+    def job(position):
+        if position == 1:
+            raise RuntimeError("boom")
+        return select_pool(pool, selector, settings, (GENSELECT_TEMPLATE, JUDGE_TEMPLATE), 0, order=position)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        selector.run_wave([job] * 3)
+
+
 def test_cli_end_to_end_on_the_tiny_model(tmp_path):
     tiny = ["rollout.max_new_tokens=6", "model.tiny={hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, "
             "intermediate_size: 64, max_position_embeddings: 512}"]

@@ -372,6 +372,7 @@ def select(
     questions: Optional[int] = typer.Option(None, "--questions", "-n", min=1, help="Only the first N questions."),
     seed: int = typer.Option(0, "--seed", help="Seed of the tournament shuffles and the selector's sampling."),
     out: Path = typer.Option(Path("evals/select"), "--out", "-o", help="Output directory: select.json, select.md, selections.jsonl."),
+    wave: int = typer.Option(16, "--wave", min=1, help="Questions selected at once; the selector calls they wait for are generated as one batch."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ) -> None:
     """Best-of-n selection with a language model (GenSelect, LLM-as-judge, hybrid) against oracle, random and majority."""
@@ -393,7 +394,7 @@ def select(
     try:
         with bars:
             summary = run_select(samples, selector, settings, out, model=model, questions=questions,
-                                 threads=threads, progress=progress)
+                                 threads=threads, wave=wave, progress=progress)
     except (SelectInputError, EvalInputError) as exc:
         console.print(f"[bold red]select error[/]: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -6,13 +6,14 @@ question's sampled responses with the selector model, and reports the selected s
 the oracle (pass@n: any candidate right), random choice (pass@1) and majority vote (maj@n), the judge's
 precision and recall against the verifier, and what the selection cost (selector calls and tokens).
 
-Each round of a tournament, and the ``n_j`` verdicts on one candidate, are one batched call of the rollout
-engine. Every reply is kept in ``selections.jsonl``.
+Questions are selected ``wave`` at a time, and the selector calls they are waiting for are generated in one
+batch (:class:`BatchedSelector`). Every prompt and reply is kept in ``selections.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -121,24 +122,33 @@ class SelectSettings:
 
 
 class BatchedSelector:
-    """The selector model behind ``compare_fn``/``judge_fn``: prompts rendered with its chat template, each
-    round's calls generated as one batch, every call's prompt and reply logged."""
+    """The selector model behind ``compare_fn``/``judge_fn``: prompts rendered with its chat template and
+    generated in batches.
 
-    def __init__(self, engine, settings: SelectSettings) -> None:
+    Questions are selected concurrently, ``wave`` at a time, one thread each (:meth:`run_wave`). A thread
+    that needs replies (a tournament round, or the ``n_j`` verdicts on one candidate) hands its prompts in
+    and waits; when every question of the wave still running is waiting, all their prompts are generated in
+    one engine call, ordered by question. The batches, and so the seeds and replies, do not depend on thread
+    timing: a run is reproducible. With ``wave=1`` every request is its own batch.
+    """
+
+    def __init__(self, engine, settings: SelectSettings, *, wave: int = 16) -> None:
         from rlvr_lab.models.chat import render_prompt
         from rlvr_lab.rollout.sampling import SamplingParams
 
-        self.engine, self.render = engine, render_prompt
+        if wave < 1:
+            raise ValueError(f"wave must be >= 1, got {wave}")
+        self.engine, self.render, self.wave = engine, render_prompt, wave
         self.params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                      max_new_tokens=settings.max_new_tokens)
         self.seed = settings.seed
-        self.calls: list[dict[str, Any]] = []
+        self.batches = 0
+        self._cv = threading.Condition()
+        self._pending: list[dict[str, Any]] = []
+        self._active = 0
 
-    def map(self, prompt_fn: Callable[[Any], str], items: Iterable[Any]) -> list[Reply]:
-        """``map_fn`` for the tournament and the judge: ``prompt_fn(item)`` builds each prompt; one generation."""
-        prompts = [prompt_fn(item) for item in items]
-        if not prompts:
-            return []
+    def generate(self, prompts: list[str]) -> list[Reply]:
+        """One engine call over ``prompts`` (selector prompts before the chat template)."""
         rendered = [self.render(self.engine.tokenizer, p) for p in prompts]
         ids = self.engine.encode(rendered)
         limit = getattr(getattr(self.engine.model, "config", None), "max_position_embeddings", None)
@@ -147,11 +157,79 @@ class BatchedSelector:
             raise SelectInputError(f"a selector prompt of {longest} tokens plus {self.params.max_new_tokens} new "
                                    f"tokens exceeds the selector's context of {limit}: use a shorter template, "
                                    "fewer candidates per game, a smaller --max-new-tokens or a larger model")
-        gen = self.engine.generate(ids, self.params, seed=self.seed + len(self.calls))
+        gen = self.engine.generate(ids, self.params, seed=self.seed + self.batches)
+        self.batches += 1
         lengths = gen.response_mask.sum(-1).tolist()
-        replies = [Reply(text, int(n)) for text, n in zip(gen.texts, lengths)]
-        self.calls += [{"prompt": p, "reply": r.text, "tokens": r.tokens} for p, r in zip(prompts, replies)]
-        return replies
+        return [Reply(text, int(n)) for text, n in zip(gen.texts, lengths)]
+
+    def mapper(self, order: int, log: list[dict[str, Any]]) -> Callable[[Callable[[Any], str], Iterable[Any]], list]:
+        """``map_fn`` for the question at position ``order`` of its wave: ``prompt_fn(item)`` builds each
+        prompt; the replies come back in item order and every call is appended to ``log``."""
+
+        def map_fn(prompt_fn: Callable[[Any], str], items: Iterable[Any]) -> list[Reply]:
+            prompts = [prompt_fn(item) for item in items]
+            if not prompts:
+                return []
+            replies = self._submit(order, prompts)
+            log.extend({"prompt": p, "reply": r.text, "tokens": r.tokens} for p, r in zip(prompts, replies))
+            return replies
+
+        return map_fn
+
+    def _submit(self, order: int, prompts: list[str]) -> list[Reply]:
+        with self._cv:
+            request: dict[str, Any] = {"order": order, "prompts": prompts, "replies": None, "error": None}
+            self._pending.append(request)
+            self._flush_if_all_waiting()
+            while request["replies"] is None and request["error"] is None:
+                self._cv.wait()
+        if request["error"] is not None:
+            raise request["error"]
+        return request["replies"]
+
+    def _flush_if_all_waiting(self) -> None:
+        """With the lock held: when every running question is waiting, generate all their prompts at once."""
+        if not self._pending or len(self._pending) < self._active:
+            return
+        batch = sorted(self._pending, key=lambda r: r["order"])
+        self._pending = []
+        try:
+            replies = self.generate([p for r in batch for p in r["prompts"]])
+        except Exception as exc:  # every waiting question sees the failure
+            for r in batch:
+                r["error"] = exc
+        else:
+            start = 0
+            for r in batch:
+                r["replies"], start = replies[start : start + len(r["prompts"])], start + len(r["prompts"])
+        self._cv.notify_all()
+
+    def run_wave(self, jobs: Sequence[Callable[[int], Any]]) -> list[Any]:
+        """Run ``jobs`` (each called with its position) concurrently with batched generation; their results
+        in order. The first exception raised by a job is raised here after every job has stopped."""
+        results: list[Any] = [None] * len(jobs)
+        errors: list[BaseException] = []
+        with self._cv:
+            self._active = len(jobs)
+
+        def worker(position: int) -> None:
+            try:
+                results[position] = jobs[position](position)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+            finally:
+                with self._cv:
+                    self._active -= 1
+                    self._flush_if_all_waiting()
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
 
 
 @dataclass
@@ -168,8 +246,8 @@ class PoolSelection:
 
 
 def select_pool(pool: Pool, selector: BatchedSelector, settings: SelectSettings, templates: tuple[str, str],
-                rng_seed: int) -> PoolSelection:
-    """Run the configured method on one question's candidates."""
+                rng_seed: int, order: int = 0) -> PoolSelection:
+    """Run the configured method on one question's candidates (``order``: its position in the selector's wave)."""
     genselect_t, judge_t = templates
     n_s, n_j = settings.selection_sizes()
 
@@ -179,11 +257,10 @@ def select_pool(pool: Pool, selector: BatchedSelector, settings: SelectSettings,
     def verdict_prompt(candidate: int, sample: int) -> str:
         return judge_prompt(pool.question, pool.texts[candidate], judge_t)
 
-    first = len(selector.calls)
+    calls: list[dict[str, Any]] = []
     result = hybrid_select(list(range(len(pool.texts))), game_prompt, verdict_prompt, n_s=n_s, n_j=n_j,
                            rng=rng_seed, order=settings.order, group_size=settings.group_size,
-                           is_valid=lambda i: bool(pool.texts[i].strip()), map_fn=selector.map)
-    calls = selector.calls[first:]
+                           is_valid=lambda i: bool(pool.texts[i].strip()), map_fn=selector.mapper(order, calls))
     return PoolSelection(pool, result.chosen, result.games, result.judge_calls, result.failed_comparisons,
                          result.judge_parse_failures, sum(call["tokens"] for call in calls),
                          {c: list(record.verdicts) for c, record in result.judged.items()}, calls)
@@ -244,7 +321,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def run_select(samples: str | Path, selector_model: str, settings: SelectSettings, out: str | Path, *,
-               model: str | None = None, questions: int | None = None, threads: int | None = None,
+               model: str | None = None, questions: int | None = None, threads: int | None = None, wave: int = 16,
                progress: Callable[[int], Callable[[int], None]] | None = None) -> dict[str, Any]:
     """Select on every pool of ``samples`` with ``selector_model``; write select.json, select.md and
     selections.jsonl under ``out``; return the summary."""
@@ -263,14 +340,18 @@ def run_select(samples: str | Path, selector_model: str, settings: SelectSetting
     spec = resolve_model(selector_model)
     cfg = eval_config(EvalRequest(selector_model, overrides=[f"run.threads={threads}"] if threads else []), spec)
     engine = load_engine(cfg)
-    selector = BatchedSelector(engine, settings)
+    selector = BatchedSelector(engine, settings, wave=wave)
     tick = progress(len(pools)) if progress else None
     t0 = time.perf_counter()
-    selections = []
-    for index, pool in enumerate(pools):
-        selections.append(select_pool(pool, selector, settings, templates, settings.seed + index))
+    selections: list[PoolSelection] = []
+    for lo in range(0, len(pools), selector.wave):
+        def job(position: int, lo: int = lo) -> PoolSelection:
+            return select_pool(pools[lo + position], selector, settings, templates, settings.seed + lo + position,
+                               order=position)
+
+        selections += selector.run_wave([job] * len(pools[lo : lo + selector.wave]))
         if tick is not None:
-            tick(1)
+            tick(len(pools[lo : lo + selector.wave]))
     summary = summarize_selection(selections, settings, time.perf_counter() - t0)
     summary.update(samples=str(samples), selector=selector_model)
     out = Path(out)

@@ -1,6 +1,7 @@
-"""Render the HTML report of some runs in headless Chromium and save a full-page screenshot.
+"""Render the HTML report of some runs (or any page rlvr wrote) in headless Chromium; save a full-page screenshot.
 
     python scripts/report_screenshot.py runs/demo [runs/other ...] --out docs/report.png
+    python scripts/report_screenshot.py sweeps/lld/compare.html --out docs/compare_lld.png   # a written page
 
 Uses Debian's Chromium (``apt-get install chromium``) through the ``playwright`` package, and never
 downloads a browser. The browser test (tests/test_report_browser.py) reuses ``open_page`` from here.
@@ -75,13 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     from rlvr_lab.diagnostics.report import write_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (each with a metrics.jsonl)")
+    parser.add_argument("run_dirs", nargs="+", type=Path,
+                        help="run directories (each with a metrics.jsonl), or one .html page to capture as it is")
     parser.add_argument("--out", type=Path, default=Path("docs/report.png"), help="PNG to write")
     parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--html", type=Path, default=None, help="also keep the HTML report here")
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         parser.error(f"{CHROMIUM} not found; install Debian's chromium (apt-get install chromium)")
+    if len(args.run_dirs) == 1 and args.run_dirs[0].suffix == ".html":
+        width, height = screenshot(args.run_dirs[0], args.out)
+        print(f"screenshot: {args.out} ({width}x{height} px)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         html = write_report(args.run_dirs, out=args.html or Path(tmp) / "report.html", title=args.title)
         width, height = screenshot(html, args.out)

@@ -1,8 +1,8 @@
 """Per-step cost of each objective preset relative to plain GRPO, on the same rollout batch.
 
 One rollout batch is sampled once from the demo model (rewards replaced by a fixed random 0/1
-pattern so every group has both outcomes and no method can skip its work). Then, for every preset in
-``configs/`` merged over ``configs/demo.yaml``, the training side of an RL step is timed on a copy of
+pattern so every group has both outcomes and no method can skip its work). Then, for every packaged preset
+(``rlvr list``) merged over ``configs/demo.yaml``, the training side of an RL step is timed on a copy of
 that batch: the old-policy pass (with whatever the method needs: entropy, Lp-Reg proxy, hidden states),
 the advantages and token modifiers, and the mini-batch updates. Every method uses the same model
 initialisation and the same number of mini-batches (``--minibatches``), so the ratio isolates the

@@ -249,6 +249,9 @@ def sweep(
         table = Table()
         for column in ("condition", "seed", "action"):
             table.add_column(column)
+        for job, state in plan.warm_states.items():
+            action = "run" if job in plan.warm_todo else "skip (completed)" if state.status == "completed" else "not needed"
+            table.add_row(f"(shared warm-start {job.key})", str(job.seed), action)
         for cell in plan.cells:
             action = ("restart (incomplete)" if cell in plan.restart else "run" if cell in plan.todo
                       else "skip (completed)" if plan.states[cell].status == "completed" else "not selected")

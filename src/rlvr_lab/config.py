@@ -366,6 +366,12 @@ class SFTConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine"))
     target_template: str = Field("<answer>{answer}</answer>", description="Supervised response; {answer} is the reference.")
+    init_from: str | None = Field(
+        None,
+        description="A checkpoint holding the result of this same warm-start (set by `rlvr sweep` when cells share "
+        "one): its weights are loaded instead of training; RL prompts still start after the steps x batch_size "
+        "warm-start examples, as if it had been trained here.",
+    )
 
 
 class TrainConfig(_Strict):

@@ -137,6 +137,11 @@ def summarise_sweep(sweep_dir: Path | str, spec_path: Path | str | None = None) 
         judged.append({"condition": claim.condition, "metric": claim.metric, "direction": claim.direction,
                        "text": claim.text, "diff": diff, "verdict": verdict(tuple(diff), claim.direction)})
     seconds = [c.seconds for c in comparison.cells if c.seconds is not None]
+    try:  # shared warm-starts (rlvr sweep) are compute the cells did not spend themselves
+        warm = json.loads((Path(sweep_dir) / "manifest.json").read_text()).get("warm_starts") or []
+    except (OSError, ValueError):
+        warm = []
+    seconds += [w["seconds"] for w in warm if isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))]
     return {
         "name": comparison.name, "description": comparison.description, "baseline": comparison.baseline,
         "seeds": comparison.seeds, "base": spec.get("base"), "overrides": spec.get("overrides", []),

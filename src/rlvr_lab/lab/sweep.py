@@ -13,10 +13,17 @@ directories, each next to its ``.config.yaml`` (the resolved config it trained f
 rerun by hand with ``rlvr train``) and its ``.log``. A cell is completed exactly when its
 ``summary.json`` says ``"status": "completed"``; a rerun skips those and restarts every other cell from
 scratch, so a sweep that was stopped or killed resumes by running the same command again.
+
+With ``warm_start: shared`` (the default) cells of one seed whose model, task, search and warm-start
+settings agree share their supervised warm-start: it is trained once, as ``warm/<key>/seed<seed>/`` (a run
+without RL steps), before the first cell that loads it (``sft.init_from``). The cells then start RL from
+the same weights, which a paired comparison wants, and the sweep does not train them again per condition.
+``warm_start: per_run`` trains one in every cell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -33,13 +40,23 @@ from typing import Any
 
 import yaml
 
-from rlvr_lab.config import Config, ConfigError, dump_config, load_config, parse_override, resolve_config_file
+from rlvr_lab.config import (
+    Config,
+    ConfigError,
+    build_config,
+    dump_config,
+    load_config,
+    parse_override,
+    resolve_config_file,
+)
 from rlvr_lab.presets import preset_names
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 CONDITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")  # it names a directory
 # ``claims`` is read by rlvr_lab.lab.results (the verdicts), not by the sweep.
-SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "baseline", "conditions", "grid", "claims")
+SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "baseline", "conditions", "grid", "claims",
+             "warm_start")
+WARM_STARTS = ("shared", "per_run")
 # Settings each cell gets from the sweep itself; a spec that sets them would be silently overridden.
 SWEEP_SETTINGS = ("run.seed", "run.output_dir", "run.name", "run.overwrite", "run.threads")
 BACKENDS = ("local", "ray")
@@ -76,6 +93,7 @@ class SweepSpec:
     conditions: tuple[Condition, ...]  # grid already expanded, in spec order
     root: Path = Path(".")             # folder of the spec file: base and preset paths are relative to it
     text: str = ""                     # the spec file as given
+    warm_start: str = "shared"         # shared: cells with the same seed and warm-start config share one
 
     def all_overrides(self, condition: Condition) -> tuple[str, ...]:
         return self.overrides + condition.overrides
@@ -103,6 +121,69 @@ class Cell:
         """The sweep's own overrides, applied last."""
         return [f"run.seed={self.seed}", f"run.output_dir={(out / 'runs' / self.condition).resolve()}",
                 f"run.name=seed{self.seed}", "run.overwrite=true", f"run.threads={threads}"]
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A supervised warm-start shared by the cells of one seed whose model, task, search and warm-start
+    settings are equal: one ``rlvr train`` run without RL steps, whose final checkpoint those cells load
+    (``sft.init_from``) instead of each training the same weights again."""
+
+    key: str  # hash of the settings the warm-start depends on (:func:`warm_key`)
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"warm-start {self.key}/seed{self.seed}"
+
+    @property
+    def run_dir(self) -> str:
+        return f"warm/{self.key}/seed{self.seed}"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.run_dir}/checkpoints/final"
+
+
+WARM_SECTIONS = ("model", "task", "sft", "search")
+"""The config sections a warm-start depends on (with the seed); two cells that agree on them train the same
+warm-start weights, because a warm-start reads nothing else (no RL setting, no sampling)."""
+
+
+def warm_key(cfg: Config) -> str:
+    data = {name: getattr(cfg, name).model_dump(mode="json") for name in WARM_SECTIONS}
+    data["sft"].pop("init_from", None)
+    data["seed"] = cfg.run.seed
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def share_warm_starts(configs: dict[Cell, Config], out: Path) -> tuple[dict[Cell, WarmStart], dict[WarmStart, Config]]:
+    """For every cell with a warm-start (``sft.steps > 0``, no ``sft.init_from`` of its own): the shared
+    warm-start it loads, its config rewritten to load it, and each warm-start's own config (the first such
+    cell's, with no RL steps, no evaluation, no report)."""
+    needs: dict[Cell, WarmStart] = {}
+    jobs: dict[WarmStart, Config] = {}
+    for cell, cfg in configs.items():
+        if cfg.sft.steps == 0 or cfg.sft.init_from:
+            continue
+        job = WarmStart(warm_key(cfg), cfg.run.seed)
+        needs[cell] = job
+        if job not in jobs:
+            data = cfg.model_dump(mode="json")
+            data["train"]["steps"] = 0
+            data["eval"]["enabled"] = False
+            data["observe"].update(report=False, tensorboard=False, probe_prompts=0)
+            data["observe"]["wandb"]["enabled"] = data["observe"]["mlflow"]["enabled"] = False
+            data["run"].update(output_dir=str((out / "warm" / job.key).resolve()), name=f"seed{job.seed}")
+            jobs[job] = build_config(data)
+        data = cfg.model_dump(mode="json")
+        data["sft"]["init_from"] = str((out / job.checkpoint).resolve())
+        configs[cell] = build_config(data)
+    return needs, jobs
+
+
+def warm_completed(out: Path, job: WarmStart) -> bool:
+    return is_completed(out / job.run_dir) and (out / job.checkpoint).is_dir()
 
 
 def _string_list(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
@@ -229,10 +310,13 @@ def parse_spec(data: Any, *, root: Path = Path("."), text: str = "", where: str 
         baseline = next(c.name for c in conditions if c.group == baseline)
     else:
         problems.append(f"baseline {baseline!r} is not a condition; conditions: {', '.join(names) or '(none)'}")
+    warm_start = data.get("warm_start", "shared")
+    if warm_start not in WARM_STARTS:
+        problems.append(f"warm_start must be one of {', '.join(WARM_STARTS)}, got {warm_start!r}")
     if problems:
         raise SpecError(f"{where}: invalid sweep spec:\n" + "\n".join(f"  {p}" for p in problems))
     return SweepSpec(name=name, description=description, base=base, overrides=overrides, seeds=tuple(seeds),
-                     baseline=baseline, conditions=tuple(conditions), root=root, text=text)
+                     baseline=baseline, conditions=tuple(conditions), root=root, text=text, warm_start=warm_start)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -253,7 +337,7 @@ def spec_yaml(spec: SweepSpec) -> str:
     data = {"name": spec.name, "description": spec.description, "base": spec.base,
             "overrides": list(spec.overrides), "seeds": list(spec.seeds), "baseline": spec.baseline,
             "conditions": {c.name: {"presets": list(c.presets), "overrides": list(c.overrides)}
-                           for c in spec.conditions}}
+                           for c in spec.conditions}, "warm_start": spec.warm_start}
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -310,6 +394,10 @@ class SweepPlan:
     restart: set[Cell]              # of ``todo``: incomplete cells whose files are deleted first
     states: dict[Cell, CellState]
     configs: dict[Cell, Config] = field(repr=False, default_factory=dict)
+    warm: dict[Cell, WarmStart] = field(default_factory=dict)            # the shared warm-start a cell loads
+    warm_states: dict[WarmStart, CellState] = field(default_factory=dict)
+    warm_configs: dict[WarmStart, Config] = field(repr=False, default_factory=dict)
+    warm_todo: list[WarmStart] = field(default_factory=list)             # needed by ``todo`` and not completed
 
     @property
     def skipped(self) -> list[Cell]:
@@ -414,6 +502,7 @@ def plan_sweep(spec: SweepSpec, out: str | Path | None = None, *, parallel: int 
         raise SpecError(f"{out} exists and is not a sweep directory (no spec.yaml); choose another --out")
     cells = expand(spec)
     configs = cell_configs(spec, cells, out, per_cell)
+    needs, warm_configs = share_warm_starts(configs, out) if spec.warm_start == "shared" else ({}, {})
     selected = _select(spec, only)
 
     previous: dict[tuple[str, int], dict[str, Any]] = {}
@@ -436,10 +525,13 @@ def plan_sweep(spec: SweepSpec, out: str | Path | None = None, *, parallel: int 
         todo.append(cell)
         if any(p.exists() for p in _cell_files(out, cell)):
             restart.add(cell)
-    return SweepPlan(spec, out, cells, per_cell, parallel, selected, todo, restart, states, configs)
+    warm_states = {job: CellState("completed" if warm_completed(out, job) else "pending") for job in warm_configs}
+    warm_todo = list(dict.fromkeys(needs[c] for c in todo if c in needs and warm_states[needs[c]].status != "completed"))
+    return SweepPlan(spec, out, cells, per_cell, parallel, selected, todo, restart, states, configs,
+                     needs, warm_states, warm_configs, warm_todo)
 
 
-def _cell_files(out: Path, cell: Cell) -> tuple[Path, Path, Path]:
+def _cell_files(out: Path, cell: Cell | WarmStart) -> tuple[Path, Path, Path]:
     run_dir = out / cell.run_dir
     return run_dir, run_dir.with_name(run_dir.name + ".log"), run_dir.with_name(run_dir.name + ".config.yaml")
 
@@ -459,6 +551,9 @@ def manifest(plan: SweepPlan) -> dict[str, Any]:
         "cells": [{"condition": cell.condition, "seed": cell.seed, "run_dir": cell.run_dir,
                    "status": plan.states[cell].status, "seconds": plan.states[cell].seconds,
                    "error": plan.states[cell].error} for cell in plan.cells],
+        "warm_start": spec.warm_start,
+        "warm_starts": [{"key": job.key, "seed": job.seed, "run_dir": job.run_dir, "status": state.status,
+                         "seconds": state.seconds, "error": state.error} for job, state in plan.warm_states.items()],
     }
 
 
@@ -711,37 +806,65 @@ def run_sweep(spec: SweepSpec, out: str | Path | None = None, *, parallel: int =
     return plan
 
 
+def _queue(plan: SweepPlan) -> list[Cell | WarmStart]:
+    """``todo`` in order, each shared warm-start just before the first cell that loads it."""
+    queue: list[Cell | WarmStart] = []
+    for cell in plan.todo:
+        job = plan.warm.get(cell)
+        if job in plan.warm_todo and job not in queue:
+            queue.append(job)
+        queue.append(cell)
+    return queue
+
+
 def _schedule(plan: SweepPlan, runner, report: Callable[..., None]) -> None:
-    queue, running = list(plan.todo), []
+    queue, running = _queue(plan), []
     out = plan.out
 
-    def update(cell: Cell, state: CellState) -> None:
-        plan.states[cell] = state
+    def update(item: Cell | WarmStart, state: CellState) -> None:
+        (plan.warm_states if isinstance(item, WarmStart) else plan.states)[item] = state
         write_json_atomic(out / "manifest.json", manifest(plan))
+
+    def waiting_on(item: Cell | WarmStart) -> WarmStart | None:
+        """The shared warm-start ``item`` still needs, if any."""
+        job = plan.warm.get(item) if isinstance(item, Cell) else None
+        return job if job is not None and plan.warm_states[job].status != "completed" else None
 
     try:
         while queue or running:
-            while queue and len(running) < plan.parallel:
-                cell = queue.pop(0)
-                run_dir, log_file, config_file = _cell_files(out, cell)
+            for item in [i for i in queue if (j := waiting_on(i)) is not None and plan.warm_states[j].status == "failed"]:
+                queue.remove(item)  # its warm-start failed: it cannot run
+                update(item, CellState("failed", 0.0, f"its shared warm-start failed; see {plan.warm[item].run_dir}.log"))
+                report("cell_done", cell=item, state=plan.states[item], log=_cell_files(out, plan.warm[item])[1])
+            while len(running) < plan.parallel:
+                item = next((i for i in queue if waiting_on(i) is None), None)
+                if item is None:
+                    break
+                queue.remove(item)
+                run_dir, log_file, config_file = _cell_files(out, item)
                 if run_dir.exists():
                     shutil.rmtree(run_dir)
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
-                config_file.write_text(dump_config(plan.configs[cell]))
-                job = CellJob(cell.label, str(config_file.resolve()), str(run_dir.resolve()),
+                cfg = plan.warm_configs[item] if isinstance(item, WarmStart) else plan.configs[item]
+                config_file.write_text(dump_config(cfg))
+                job = CellJob(item.label, str(config_file.resolve()), str(run_dir.resolve()),
                               str(log_file.resolve()), plan.threads, os.getcwd())
-                update(cell, CellState("running"))
-                report("cell_start", cell=cell)
-                runner.submit(cell, job)
-                running.append(cell)
-            for cell, result in runner.wait(timeout=0.5):
-                running.remove(cell)
-                update(cell, CellState(result.status, result.seconds, result.error))
-                report("cell_done", cell=cell, state=plan.states[cell], log=_cell_files(out, cell)[1])
+                update(item, CellState("running"))
+                report("cell_start", cell=item)
+                runner.submit(item, job)
+                running.append(item)
+            for item, result in runner.wait(timeout=0.5):
+                running.remove(item)
+                if isinstance(item, WarmStart) and result.status == "completed" and not warm_completed(out, item):
+                    result = CellResult("failed", result.seconds, f"no checkpoint at {item.checkpoint}")
+                update(item, CellState(result.status, result.seconds, result.error))
+                state = plan.warm_states[item] if isinstance(item, WarmStart) else plan.states[item]
+                report("cell_done", cell=item, state=state, log=_cell_files(out, item)[1])
     except BaseException:  # Ctrl-C (or a crash here): stop the cells, leave them to be restarted
         runner.cancel()
-        for cell in running:
-            plan.states[cell] = CellState("pending", None, "interrupted; the next run of the sweep restarts it")
+        for item in running:
+            (plan.warm_states if isinstance(item, WarmStart) else plan.states)[item] = CellState(
+                "pending", None, "interrupted; the next run of the sweep restarts it")
         write_json_atomic(out / "manifest.json", manifest(plan))
         raise
 
@@ -770,11 +893,12 @@ class SweepProgress:
     def on_start(self, plan: SweepPlan) -> None:
         from rich.markup import escape
 
-        selected = len(plan.todo) + len(plan.skipped)
+        selected = len(plan.todo) + len(plan.skipped) + len(plan.warm_todo)
         self.console.print(
             f"[bold]rlvr sweep[/] {escape(plan.spec.name)} | {escape(str(plan.out))} | {len(plan.cells)} cells, "
-            f"{len(plan.skipped)} already completed, {len(plan.todo)} to run ({len(plan.restart)} restarted) | "
-            f"{plan.parallel} at a time, {plan.threads} thread(s) each", soft_wrap=True, highlight=False,
+            f"{len(plan.skipped)} already completed, {len(plan.todo)} to run ({len(plan.restart)} restarted)"
+            + (f" after {len(plan.warm_todo)} shared warm-start(s)" if plan.warm_todo else "")
+            + f" | {plan.parallel} at a time, {plan.threads} thread(s) each", soft_wrap=True, highlight=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("cells", total=selected, completed=len(plan.skipped), running="")
@@ -790,7 +914,8 @@ class SweepProgress:
     def on_cell_done(self, cell: Cell, state: CellState, log: Path) -> None:
         from rich.markup import escape
 
-        self.running.remove(cell.label)
+        if cell.label in self.running:  # a cell whose warm-start failed never started
+            self.running.remove(cell.label)
         self.progress.advance(self.task)
         self._show_running()
         if state.status == "completed":

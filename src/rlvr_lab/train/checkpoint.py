@@ -46,3 +46,31 @@ def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-") -> None:
     )
     for old in found[:-keep]:
         shutil.rmtree(old)
+
+
+def load_weights(model, path: Path) -> None:
+    """Load the weights of the checkpoint at ``path`` (a folder written by :func:`save_checkpoint`) into
+    ``model`` in place. Every parameter must be in the file, except one tied to a parameter that is (an
+    output head sharing the embedding); a shape or name mismatch raises ValueError naming the checkpoint."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ValueError(f"{path} holds no model.safetensors: not a checkpoint written by rlvr train")
+    state: dict[str, Any] = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"the checkpoint {path} does not fit this model: {exc}") from None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ValueError(f"the checkpoint {path} does not fit this model: missing {untied}, unexpected {unexpected}")

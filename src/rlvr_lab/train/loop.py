@@ -29,7 +29,7 @@ from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.multiturn import MultiTurnGeneration
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
-from rlvr_lab.train.checkpoint import make_run_dir, prune_checkpoints, save_checkpoint
+from rlvr_lab.train.checkpoint import load_weights, make_run_dir, prune_checkpoints, save_checkpoint
 from rlvr_lab.train.environment import build_env, build_tasks
 from rlvr_lab.train.methods import (
     SINGLE_TURN_PROVIDES,
@@ -162,6 +162,11 @@ class Trainer:
         if cfg.steps == 0:
             return
         t0 = time.perf_counter()
+        if cfg.init_from:
+            load_weights(self.model, Path(cfg.init_from))
+            self.summary["sft"] = {"steps": cfg.steps, "loaded_from": cfg.init_from,
+                                   "seconds": time.perf_counter() - t0}
+            return
 
         def on_step(step: int, record: dict[str, float]) -> None:
             self.metrics.write({"stage": "sft", "step": step, **record})

@@ -326,3 +326,52 @@ def test_a_reward_wiped_out_with_no_correct_response_left_is_a_collapse():
     assert set(labels[patience + 1:]) == {"accelerated_collapse"}
     steady = PhaseDetector(PhaseConfig())  # a reward that stays low from the start never had a peak to lose
     assert all(steady.update(s, {"reward/mean": 0.0, "policy/entropy": 0.5}).lld_phase == "warmup" for s in range(1, 16))
+
+
+def test_a_reward_that_fell_to_a_tenth_of_its_peak_is_a_collapse_even_with_a_few_correct_responses():
+    """The lld sweep's GRPO at lr 1e-3: reward 0.37, then about 0.01 for 19 steps, with the few correct
+    responses left giving a noisy but flat likelihood. It read as healthy before."""
+    detector = PhaseDetector(PhaseConfig())
+    rewards = [0.37] + [0.0, 0.0, 0.01, 0.0, 0.01, 0.01, 0.0, 0.01, 0.0] * 3
+    labels = []
+    for step, reward in enumerate(rewards, 1):
+        metrics = {"reward/mean": reward, "policy/entropy": 0.5, "policy/grad_norm": 1.0,
+                   "lld/correct_logp_per_token": -0.2 + 0.05 * (-1) ** step}
+        labels.append(detector.update(step, metrics).lld_phase)
+    patience = PhaseConfig().patience
+    assert labels[:patience] == ["warmup"] * patience
+    assert set(labels[patience + 1:]) == {"accelerated_collapse"}
+    # a reward that fell to 40% of its peak and holds there is not a collapse
+    held = PhaseDetector(PhaseConfig())
+    for step, reward in enumerate([0.5] + [0.2] * 25, 1):
+        label = held.update(step, {"reward/mean": reward, "policy/entropy": 0.5,
+                                   "lld/correct_logp_per_token": -0.2}).lld_phase
+    assert label != "accelerated_collapse"
+    # the reward recovering above a tenth of its peak ends it
+    for step in range(27, 60):
+        label = detector.update(step, {"reward/mean": 0.02 * (step - 26), "policy/entropy": 0.5,
+                                       "lld/correct_logp_per_token": -0.2 + 0.004 * (step - 26)}).lld_phase
+    assert label != "accelerated_collapse"
+
+
+def test_relabel_script_rewrites_recorded_labels_and_keeps_the_old_ones(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "relabel_phases", Path(__file__).resolve().parents[1] / "scripts" / "relabel_phases.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [{"stage": "sft", "step": 1, "sft/loss": 1.0}]
+    for step in range(1, 12):
+        rows.append({"stage": "rl", "step": step, "reward/mean": 0.4 if step == 1 else 0.01,
+                     "policy/entropy": 0.5, "lld/correct_logp_per_token": -0.2, "phase/label": "healthy"})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    changes = script.relabel(tmp_path)
+    again = script.relabel(tmp_path)  # idempotent: compared with what the run recorded, every time
+    out = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert out[0] == rows[0]
+    assert [r["phase/label"] for r in out[1:]][-1] == "accelerated_collapse"
+    assert all(r["phase/label_recorded"] == "healthy" for r in out[1:] if r["phase/label"] != "healthy")
+    assert changes == again and changes[("healthy", "accelerated_collapse")] >= 7

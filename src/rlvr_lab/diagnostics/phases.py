@@ -26,6 +26,8 @@ median of the ``window`` values before them.
 
 Likelihood labels (``lld_phase``), first match wins:
 
+* **accelerated_collapse** (reward collapse): the reward has stayed below ``collapse_reward_frac`` of its peak
+  for ``patience`` steps, whatever the likelihood does (no slope needed, so also during warmup).
 * **warmup**: fewer than ``window`` likelihood values: no slope yet.
 * **accelerated_collapse** (Phase III): the likelihood is falling and at least one of: the gradient norm
   spikes; the reward is falling; the decay rate at least doubled (``accel_factor``) against a previous
@@ -137,10 +139,11 @@ class PhaseConfig:
     """A reward slope counts as a rise or fall when |slope| ≥ this many reward units per step [INF]: 0.1 over
     50 steps on a 0-1 reward. Absolute, because a reward can start at 0."""
     collapse_reward_frac: float = 0.1
-    """A step with no correct response has no likelihood of correct responses to read; when the reward has also
-    stayed below this fraction of its peak for ``patience`` steps, the run is labelled ``accelerated_collapse``
-    (Phase III's reward collapse, paper §5.1) instead of keeping its last label [INF]: without it a run whose
-    reward fell to 0 in one step and stayed there read as healthy."""
+    """A reward that has stayed below this fraction of its peak for ``patience`` steps is Phase III's reward
+    collapse (paper §5.1): the run is labelled ``accelerated_collapse`` whatever the likelihood's trend, and on
+    steps with no correct response (no likelihood to read) as well [INF]. Without it a run whose reward fell
+    from 0.37 to 0.01 in one step and stayed there read as healthy: the few correct responses left gave a
+    flat likelihood, and a reward flat at 0.01 has no slope."""
     grad_spike_factor: float = 3.0
     """Gradient-norm spike: recent median ≥ this times the median of the window before [INF]. Batch-to-batch the
     norm of a stable run moves by tens of percent (0.9 to 2.0 in ``tests/data/recorded_run``, a short run on the
@@ -360,9 +363,22 @@ class PhaseDetector:
 
     # ---- one track each --------------------------------------------------------------------------
 
+    def _reward_collapsed(self, evidence: dict[str, float]) -> bool:
+        """The reward has stayed below ``collapse_reward_frac`` of its peak for ``patience`` steps."""
+        cfg = self.config
+        if self._low_reward_steps < cfg.patience or self._reward_peak <= 0:
+            return False
+        evidence.update({"reward/peak": self._reward_peak, "reward/last": self._reward[-1][1],
+                         "reward/low_steps": float(self._low_reward_steps)})
+        return True
+
     def _likelihood_candidate(self, evidence: dict[str, float]) -> str:
         cfg = self.config
         w = cfg.window
+        if self._reward_collapsed(evidence):
+            # Phase III's reward collapse (paper §5.1): the few correct responses left say nothing against it,
+            # and no slope is needed to see a reward that fell to a tenth of its peak and stayed there
+            return "accelerated_collapse"
         if len(self._lik) < w:
             return "warmup"
         lik, slope, scale = self._likelihood_trend(list(self._lik)[-w:], self._lik_baseline, "lld", evidence)
@@ -447,10 +463,8 @@ class PhaseDetector:
                 self._lik_baseline.append(value)
             self._lld.push(self._likelihood_candidate(evidence))
             self._decay_steps = self._decay_steps + 1 if self._lld.label == "steady_decay" else 0
-        elif self._low_reward_steps >= cfg.patience and self._reward_peak > 0:
+        elif self._reward_collapsed(evidence):
             # no correct response to read a likelihood from, and the reward is gone: Phase III's collapse
-            evidence.update({"reward/peak": self._reward_peak, "reward/level": self._reward[-1][1],
-                             "reward/low_steps": float(self._low_reward_steps)})
             self._lld.force("accelerated_collapse")
         if (value := self._value(metrics, cfg.entropy_key)) is not None:
             self._ent.append((step, value))

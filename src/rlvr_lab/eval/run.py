@@ -70,8 +70,8 @@ def resolve_model(model: str) -> ModelSpec:
         chosen = final if final.is_dir() else (steps[-1] if steps else None)
         if chosen is None:
             raise EvalInputError(f"run directory {path} has no checkpoint under {checkpoints}")
-        return ModelSpec(str(chosen), f"{path.name}/{chosen.name}", path / "config.yaml")
-    return ModelSpec(str(path), path.name)
+        return ModelSpec(str(chosen), model if chosen == final else f"{model} ({chosen.name})", path / "config.yaml")
+    return ModelSpec(str(path), model)
 
 
 @dataclass
@@ -248,6 +248,8 @@ def run_eval(request: EvalRequest, *, progress: Callable[[str, int], Callable[[i
     write the three output files and return what ``eval.json`` holds. ``progress(label, total)`` may return
     a callback advanced per batch (the CLI's progress bar)."""
     specs = [resolve_model(request.model)] + ([resolve_model(request.compare)] if request.compare else [])
+    if len(specs) == 2 and specs[1].run_config is None:  # a bare model is compared on the first one's setting
+        specs[1] = ModelSpec(specs[1].source, specs[1].label, specs[0].run_config)
     configs = [eval_config(request, spec) for spec in specs]
     if request.threads:
         configs = [c.model_copy(update={"run": c.run.model_copy(update={"threads": request.threads})}) for c in configs]

@@ -224,15 +224,18 @@ def build_offline_mcq(n_per_task: int = OFFLINE_N_PER_TASK, seed: int = OFFLINE_
     No choice is a prefix of another (so the probability mass of a question cannot count one string's
     probability twice, see :func:`rlvr_lab.eval.mcq.attentiveness.prob_mass`), and all choices differ.
     Randomness comes from ``random.Random(f"{seed}/{task}/{index}").random()`` alone, the one part of
-    Python's generator whose stream is guaranteed across versions, so the set is reproducible.
+    Python's generator whose stream is guaranteed across versions, so the set is reproducible. The tasks are
+    interleaved, so the first N questions (``rlvr mcq --questions N``) hold all of them.
     """
     if n_per_task <= 0:
         raise ValueError(f"n_per_task must be > 0, got {n_per_task}")
     from rlvr_lab.rewards.verifiers import create_reasoning_gym_dataset
 
-    questions: list[MCQuestion] = []
+    per_task: list[list[MCQuestion]] = []
     for task, config in OFFLINE_TASKS.items():
         dataset = create_reasoning_gym_dataset(task, config=config, size=n_per_task, seed=seed)
+        questions: list[MCQuestion] = []
+        per_task.append(questions)
         for index in range(n_per_task):
             item = dataset[index]
             rng = random.Random(f"{seed}/{task}/{index}")
@@ -245,7 +248,8 @@ def build_offline_mcq(n_per_task: int = OFFLINE_N_PER_TASK, seed: int = OFFLINE_
             choices = distractors[:position] + [gold] + distractors[position:]
             questions.append(MCQuestion(question=item["question"], choices=tuple(choices), answer=position,
                                         id=f"{task}-{index}", metadata={"task": task}))
-    return questions
+    # interleaved (one question of each task in turn), so that the first N questions mix the tasks
+    return [q for group in zip(*per_task) for q in group]
 
 
 def stable_shuffle(items: Sequence[T], rng: random.Random) -> list[T]:

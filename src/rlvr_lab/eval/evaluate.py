@@ -185,24 +185,8 @@ def summarize(result: EvalSamples, *, ks: Sequence[int], maj: Sequence[int] = ()
     return out
 
 
-def evaluate(
-    engine,
-    env,
-    examples: Sequence[Mapping[str, Any]],
-    *,
-    samples: int,
-    ks: Sequence[int],
-    maj: Sequence[int] = (),
-    temperature: float,
-    max_new_tokens: int,
-    stop_strings: Sequence[str] = (),
-    greedy: bool = True,
-    seed: int = 0,
-    max_batch: int = 256,
-    answer_fallback: str = "none",
-) -> dict[str, Any]:
-    """:func:`summarize` of :func:`sample_eval`: the trainer's held-out evaluation."""
-    result = sample_eval(engine, env, examples, samples=samples, temperature=temperature,
-                         max_new_tokens=max_new_tokens, stop_strings=stop_strings, greedy=greedy, seed=seed,
-                         max_batch=max_batch, answer_fallback=answer_fallback)
-    return summarize(result, ks=ks, maj=maj)
+def evaluate(engine, env, examples: Sequence[Mapping[str, Any]], *, ks: Sequence[int], maj: Sequence[int] = (),
+             **sampling: Any) -> dict[str, Any]:
+    """:func:`summarize` of :func:`sample_eval` (``sampling``: its keyword arguments): the trainer's held-out
+    evaluation."""
+    return summarize(sample_eval(engine, env, examples, **sampling), ks=ks, maj=maj)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rlvr_lab.eval.intervals import wilson_interval  # noqa: F401 - part of this module's interface
+
 PMI_FLOOR = 1e-15
 """What an exact zero probability becomes before the PMI_DC division (arXiv 2305.14596, official code)."""
 
@@ -155,26 +157,6 @@ def accuracy_bounds(correct: Sequence[bool], resolved: Sequence[bool]) -> tuple[
     open_ = sum(1 for r in resolved if not r)
     n = len(correct)
     return sure / n, (sure + open_) / n
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``successes / n`` (95% for the default ``z``).
-
-    Chosen over the normal approximation because it stays inside [0, 1] and keeps a sensible width at
-    proportions of 0 or 1 and at the small question counts of a CPU run.
-    """
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    p = successes / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # the ends are exactly 0 and 1 at p = 0 and p = 1; computed, they would miss by a rounding error
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
 
 
 def mean_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:

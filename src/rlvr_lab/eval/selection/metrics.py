@@ -20,9 +20,9 @@ import operator
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
+from rlvr_lab.eval.intervals import wilson_interval, z_value
 from rlvr_lab.eval.majority import maj_at_k
 from rlvr_lab.eval.passk import standard_error
 from rlvr_lab.eval.selection.replies import as_rng
@@ -45,30 +45,6 @@ class Estimate:
     method: str
 
 
-def _z(confidence: float) -> float:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def wilson_interval(successes: int, trials: int, *, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``successes / trials``; ``(0, 1)`` when ``trials == 0``.
-
-    ``(p + z^2/2m -+ z sqrt(p(1-p)/m + z^2/4m^2)) / (1 + z^2/m)`` with ``p = successes / trials``,
-    ``m = trials`` and ``z`` the two-sided normal quantile of ``confidence``.
-    """
-    if not 0 <= successes <= trials:
-        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
-    z = _z(confidence)
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def proportion(successes: int, trials: int, *, confidence: float = 0.95) -> Estimate:
     """``successes / trials`` with its Wilson interval (NaN value for no trials)."""
     low, high = wilson_interval(successes, trials, confidence=confidence)
@@ -81,7 +57,7 @@ def mean_estimate(values: Sequence[float], *, confidence: float = 0.95) -> Estim
     if not values:
         raise ValueError("no problems")
     mean = sum(values) / len(values)
-    half = _z(confidence) * standard_error(values)
+    half = z_value(confidence) * standard_error(values)
     return Estimate(mean, max(0.0, mean - half), min(1.0, mean + half), len(values), "normal")
 
 

@@ -417,6 +417,7 @@ def mcq(
     seed: int = typer.Option(0, "--seed", help="Seed of the demonstration draw."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass."),
     out: Path = typer.Option(Path("evals/mcq"), "--out", "-o", help="Output directory: mcq.md, mcq.json, records.jsonl."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto (cuda when present)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
 ) -> None:
     """Attentiveness to answer choices (arXiv 2305.14596): probability mass on the choices, SFC-resolved share and
@@ -426,6 +427,7 @@ def mcq(
     from rich.markup import escape
 
     from rlvr_lab.eval.mcq.report import format_table, run_mcq
+    from rlvr_lab.train.loop import pick_device
 
     if threads:
         import torch
@@ -433,7 +435,8 @@ def mcq(
         torch.set_num_threads(threads)
     try:
         results = run_mcq(model, str(data) if data else None, formats=formats, shots=shots, seed=seed,
-                          batch_size=batch_size, out_jsonl=out / "records.jsonl", max_questions=questions)
+                          batch_size=batch_size, out_jsonl=out / "records.jsonl", max_questions=questions,
+                          device=pick_device(device))
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[bold red]mcq error[/]: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None

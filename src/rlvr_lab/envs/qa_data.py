@@ -10,11 +10,12 @@ Parquet file is read.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from rlvr_lab.jsonl import json_object
 
 ANSWER_FIELDS: tuple[str, ...] = ("golden_answers", "answers", "answer")
 """Where gold answers are looked for, in order."""
@@ -84,17 +85,6 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 continue
             where = f"{path}:{lineno}"
             yield where, json_object(line, where)
-
-
-def json_object(line: str, where: str) -> dict[str, Any]:
-    """One JSONL line parsed as a JSON object; errors name ``where`` (``file:line``)."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    return row
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlvr_lab.eval.mcq.templates import LETTERS
+from rlvr_lab.jsonl import json_object
 
 T = TypeVar("T")
 
@@ -119,11 +120,9 @@ def parse_mcq_lines(lines: Iterable[str], *, where: str = "<lines>", limit: int 
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MCQDataError(f"{where}:{line_number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(row, dict):
-            raise MCQDataError(f"{where}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            row = json_object(line, f"{where}:{line_number}")
+        except ValueError as exc:
+            raise MCQDataError(str(exc)) from None
         try:
             questions.append(mcq_from_row(row, default_id=str(len(questions))))
         except MCQDataError as exc:

@@ -18,6 +18,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reinforcemen
 console = Console()
 
 
+def progress_bars(console: Console) -> Progress:
+    """Bars with a description, done/total, elapsed time and an estimate of the time left; gone when done."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+
+
 class ConsoleReporter:
     """Progress bars and one readable line per step, driven by the trainer's events.
 
@@ -29,10 +35,7 @@ class ConsoleReporter:
     def __init__(self, console: Console, show_samples: bool = True):
         self.console = console
         self.show_samples = show_samples
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
-        )
+        self.progress = progress_bars(console)
         self.tasks: dict[str, Any] = {}
 
     @staticmethod
@@ -339,8 +342,7 @@ def eval_model(
                           overrides=list(overrides or []), questions=questions, samples=samples,
                           ks=list(k) if k else None, maj=list(maj) if maj else None, temperature=temperature,
                           seed=seed, compare=compare_with, out=out, threads=threads)
-    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+    bars = progress_bars(console)
 
     def progress(label: str, total: int):
         bar = bars.add_task(f"eval {escape(label)}", total=total)
@@ -387,8 +389,7 @@ def select(
     settings = SelectSettings(method=method, n_s=n_s, n_j=n_j, group_size=group_size, order=order,
                               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                               genselect_template=genselect_template, judge_template=judge_template)
-    bars = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+    bars = progress_bars(console)
 
     def progress(total: int):
         bar = bars.add_task(f"select ({escape(method)})", total=total)

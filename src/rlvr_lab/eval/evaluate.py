@@ -25,9 +25,6 @@ only non-float entry of the result; metric sinks other than ``metrics.jsonl`` ke
 GREEDY = -1
 """``EvalSample.sample`` of the greedy response; sampled responses are numbered 0..n-1."""
 
-Z95 = 1.959963984540054
-"""Two-sided 95% quantile of the normal distribution: an interval is ``mean ± Z95 · se`` over questions."""
-
 
 @dataclass(frozen=True)
 class EvalSample:
@@ -57,14 +54,9 @@ class EvalSamples:
     def n(self) -> int:
         return len(self.sampled[0]) if self.sampled else 0
 
-    def records(self) -> list[EvalSample]:
-        """Every sample, question by question, the greedy one first."""
-        out: list[EvalSample] = []
-        for i, group in enumerate(self.sampled):
-            if self.greedy is not None:
-                out.append(self.greedy[i])
-            out.extend(group)
-        return out
+    def by_question(self) -> list[list[EvalSample]]:
+        """Each question's samples, the greedy one first."""
+        return [([self.greedy[i]] if self.greedy is not None else []) + group for i, group in enumerate(self.sampled)]
 
 
 def _correct(score) -> bool:
@@ -144,12 +136,18 @@ def majority_correct(group: Sequence[EvalSample], k: int | None = None, *, seed:
     Answers are compared as extracted strings with whitespace collapsed; an answer counts as correct when the
     verifier marked a sample with that answer correct. For k below the number of samples this is the
     expectation over k-subsets (exact when there are at most 10^4 subsets, else 1000 seeded draws)."""
-    answers = [" ".join(s.answer.split()) if s.answer is not None else None for s in group]
-    right = frozenset(a for a, s in zip(answers, group) if a is not None and s.correct)
-    return maj_at_k(answers, right, k=k, equal_fn=_same_or_among, rng=seed)
+    answers, right = vote_inputs([s.answer for s in group], [s.correct for s in group])
+    return maj_at_k(answers, right, k=k, equal_fn=same_or_among, rng=seed)
 
 
-def _same_or_among(answer: str, other: str | frozenset[str]) -> bool:
+def vote_inputs(answers: Sequence[str | None], correct: Sequence[bool]) -> tuple[list[str | None], frozenset[str]]:
+    """(the answers with whitespace collapsed, the set of those the verifier marked correct): what
+    :func:`~rlvr_lab.eval.majority.maj_at_k` votes on, with :func:`same_or_among` as its ``equal_fn``."""
+    voted = [" ".join(a.split()) if a is not None else None for a in answers]
+    return voted, frozenset(a for a, ok in zip(voted, correct) if a is not None and ok)
+
+
+def same_or_among(answer: str, other: str | frozenset[str]) -> bool:
     """Two answers vote together when equal; an answer is right when it is among the verified ones."""
     return answer in other if isinstance(other, frozenset) else answer == other
 
@@ -163,7 +161,7 @@ def summarize(result: EvalSamples, *, ks: Sequence[int], maj: Sequence[int] = ()
     ``eval/maj@k`` for each of ``maj``, each mean over questions with ``..._se`` (standard error over
     questions), plus ``eval/n_prompts``, ``eval/samples`` and ``eval/response_tokens`` (mean tokens of a
     sampled response); and under :data:`PER_PROMPT` each metric's value per question, in question order.
-    A 95% interval is ``mean ± Z95 · se`` (normal approximation over questions)."""
+    A 95% interval is :func:`~rlvr_lab.eval.intervals.normal_interval` of a mean and its ``_se``."""
     n = result.n
     bad = [k for k in (*ks, *maj) if not 1 <= k <= n]
     if bad:

@@ -6,6 +6,15 @@ import math
 from statistics import NormalDist
 
 
+Z95 = 1.959963984540054
+"""Two-sided 95% quantile of the normal distribution."""
+
+
+def normal_interval(mean: float, se: float, z: float = Z95) -> tuple[float, float]:
+    """``mean ± z · se``: the normal-approximation interval (95% for the default ``z``)."""
+    return mean - z * se, mean + z * se
+
+
 def z_value(confidence: float) -> float:
     """Two-sided normal quantile for ``confidence`` (1.96 for 0.95)."""
     if not 0.0 < confidence < 1.0:

@@ -23,11 +23,11 @@ from typing import Any
 from rlvr_lab.config import Config, load_config
 from rlvr_lab.eval.evaluate import (
     PER_PROMPT,
-    Z95,
     EvalSamples,
     sample_eval,
     summarize,
 )
+from rlvr_lab.eval.intervals import normal_interval
 from rlvr_lab.eval.passk import paired_difference
 
 SAMPLES_FILE = "samples.jsonl"
@@ -64,9 +64,10 @@ def resolve_model(model: str) -> ModelSpec:
                              "directory nor a run directory: no such path")
     checkpoints = path / "checkpoints"
     if path.is_dir() and (path / "config.yaml").is_file() and checkpoints.is_dir():
+        from rlvr_lab.train.checkpoint import step_checkpoints
+
         final = checkpoints / "final"
-        steps = sorted((p for p in checkpoints.glob("step-*") if p.is_dir()),
-                       key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+        steps = step_checkpoints(checkpoints)
         chosen = final if final.is_dir() else (steps[-1] if steps else None)
         if chosen is None:
             raise EvalInputError(f"run directory {path} has no checkpoint under {checkpoints}")
@@ -106,7 +107,7 @@ def eval_config(request: EvalRequest, spec: ModelSpec) -> Config:
     if request.data:
         settings += ["task.kind=qa", f"task.eval_path={request.data}", f"task.train_path={request.data}"]
     for key, value in (("task.eval_size", request.questions), ("eval.samples", request.samples),
-                       ("eval.temperature", request.temperature)):
+                       ("eval.temperature", request.temperature), ("run.threads", request.threads)):
         if value is not None:
             settings.append(f"{key}={value}")
     if request.ks is not None:
@@ -194,10 +195,6 @@ def metric_names(metrics: dict[str, Any]) -> list[str]:
     return list(metrics[PER_PROMPT])
 
 
-def interval(mean: float, se: float) -> tuple[float, float]:
-    return mean - Z95 * se, mean + Z95 * se
-
-
 def paired_differences(a: ModelEval, b: ModelEval) -> dict[str, dict[str, float]]:
     """``b - a`` per metric over the same questions: mean, standard error of the per-question differences,
     and the 95% interval (normal approximation)."""
@@ -205,7 +202,7 @@ def paired_differences(a: ModelEval, b: ModelEval) -> dict[str, dict[str, float]
     for key in metric_names(a.metrics):
         if key in b.metrics[PER_PROMPT]:
             mean, se = paired_difference(a.metrics[PER_PROMPT][key], b.metrics[PER_PROMPT][key])
-            low, high = interval(mean, se)
+            low, high = normal_interval(mean, se)
             out[key] = {"mean": mean, "se": se, "low": low, "high": high}
     return out
 
@@ -214,14 +211,14 @@ def write_samples(path: Path, evals: Sequence[ModelEval], questions: Sequence[di
     """Every response of every model, one JSON object per line (the greedy one has ``sample`` -1)."""
     with path.open("w") as fh:
         for ev in evals:
-            for index, s in enumerate(ev.samples.records()):
-                q = index // (ev.samples.n + (ev.samples.greedy is not None))
-                row = {"model": ev.label, "question_index": q, "question": questions[q]["question"], **s.as_dict()}
-                fh.write(json.dumps(row) + "\n")
+            for q, group in enumerate(ev.samples.by_question()):
+                for s in group:
+                    row = {"model": ev.label, "question_index": q, "question": questions[q]["question"], **s.as_dict()}
+                    fh.write(json.dumps(row) + "\n")
 
 
 def _cell(metrics: dict[str, Any], key: str) -> str:
-    low, high = interval(metrics[key], metrics[f"{key}_se"])
+    low, high = normal_interval(metrics[key], metrics[f"{key}_se"])
     return f"{metrics[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
@@ -251,8 +248,6 @@ def run_eval(request: EvalRequest, *, progress: Callable[[str, int], Callable[[i
     if len(specs) == 2 and specs[1].run_config is None:  # a bare model is compared on the first one's setting
         specs[1] = ModelSpec(specs[1].source, specs[1].label, specs[0].run_config)
     configs = [eval_config(request, spec) for spec in specs]
-    if request.threads:
-        configs = [c.model_copy(update={"run": c.run.model_copy(update={"threads": request.threads})}) for c in configs]
     task, examples = eval_questions(configs[0])
     if len(configs) == 2:
         _, other = eval_questions(configs[1])

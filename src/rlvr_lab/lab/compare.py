@@ -280,6 +280,8 @@ class Comparison:
     """How the baseline was chosen: "manifest", "--baseline" or "first condition"."""
     seeds: list[Any]
     conditions: list[Condition]
+    warm_start_seconds: list[float] = field(default_factory=list)
+    """Time spent on the sweep's shared warm-starts (compute the cells did not spend themselves)."""
 
     @property
     def cells(self) -> list[Cell]:
@@ -384,7 +386,9 @@ def load_comparison(sweep_dir: Path | str, extra_runs: Sequence[Path | str] = ()
                            + ", ".join(repr(n) for n in names))
     return Comparison(path=sweep_dir, name=str(manifest.get("name") or sweep_dir.resolve().name),
                       description=str(manifest.get("description") or ""), baseline=chosen, baseline_source=source,
-                      seeds=list(manifest.get("seeds") or []), conditions=conditions)
+                      seeds=list(manifest.get("seeds") or []), conditions=conditions,
+                      warm_start_seconds=[w["seconds"] for w in manifest.get("warm_starts") or []
+                                          if isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))])
 
 
 # ---- the table ---------------------------------------------------------------------------------

@@ -136,12 +136,7 @@ def summarise_sweep(sweep_dir: Path | str, spec_path: Path | str | None = None) 
         diff = conditions[claim.condition]["metrics"][claim.metric]["diff"]
         judged.append({"condition": claim.condition, "metric": claim.metric, "direction": claim.direction,
                        "text": claim.text, "diff": diff, "verdict": verdict(tuple(diff), claim.direction)})
-    seconds = [c.seconds for c in comparison.cells if c.seconds is not None]
-    try:  # shared warm-starts (rlvr sweep) are compute the cells did not spend themselves
-        warm = json.loads((Path(sweep_dir) / "manifest.json").read_text()).get("warm_starts") or []
-    except (OSError, ValueError):
-        warm = []
-    seconds += [w["seconds"] for w in warm if isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))]
+    seconds = [c.seconds for c in comparison.cells if c.seconds is not None] + comparison.warm_start_seconds
     return {
         "name": comparison.name, "description": comparison.description, "baseline": comparison.baseline,
         "seeds": comparison.seeds, "base": spec.get("base"), "overrides": spec.get("overrides", []),

@@ -399,6 +399,10 @@ class SweepPlan:
     warm_configs: dict[WarmStart, Config] = field(repr=False, default_factory=dict)
     warm_todo: list[WarmStart] = field(default_factory=list)             # needed by ``todo`` and not completed
 
+    def states_of(self, item: Cell | WarmStart) -> dict:
+        """The table that holds ``item``'s state: ``warm_states`` for a warm-start, else ``states``."""
+        return self.warm_states if isinstance(item, WarmStart) else self.states
+
     @property
     def skipped(self) -> list[Cell]:
         """Selected cells that are already completed."""
@@ -822,7 +826,7 @@ def _schedule(plan: SweepPlan, runner, report: Callable[..., None]) -> None:
     out = plan.out
 
     def update(item: Cell | WarmStart, state: CellState) -> None:
-        (plan.warm_states if isinstance(item, WarmStart) else plan.states)[item] = state
+        plan.states_of(item)[item] = state
         write_json_atomic(out / "manifest.json", manifest(plan))
 
     def waiting_on(item: Cell | WarmStart) -> WarmStart | None:
@@ -858,13 +862,11 @@ def _schedule(plan: SweepPlan, runner, report: Callable[..., None]) -> None:
                 if isinstance(item, WarmStart) and result.status == "completed" and not warm_completed(out, item):
                     result = CellResult("failed", result.seconds, f"no checkpoint at {item.checkpoint}")
                 update(item, CellState(result.status, result.seconds, result.error))
-                state = plan.warm_states[item] if isinstance(item, WarmStart) else plan.states[item]
-                report("cell_done", cell=item, state=state, log=_cell_files(out, item)[1])
+                report("cell_done", cell=item, state=plan.states_of(item)[item], log=_cell_files(out, item)[1])
     except BaseException:  # Ctrl-C (or a crash here): stop the cells, leave them to be restarted
         runner.cancel()
         for item in running:
-            (plan.warm_states if isinstance(item, WarmStart) else plan.states)[item] = CellState(
-                "pending", None, "interrupted; the next run of the sweep restarts it")
+            plan.states_of(item)[item] = CellState("pending", None, "interrupted; the next run of the sweep restarts it")
         write_json_atomic(out / "manifest.json", manifest(plan))
         raise
 

@@ -38,13 +38,17 @@ def save_checkpoint(model, tokenizer, path: Path, *, meta: dict[str, Any] | None
     return path
 
 
-def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-") -> None:
-    """Delete all but the newest ``keep`` periodic checkpoints."""
-    found = sorted(
-        (p for p in folder.glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()),
+def step_checkpoints(folder: Path, prefix: str = "step-") -> list[Path]:
+    """The periodic checkpoints in ``folder`` (``step-<N>`` folders), oldest first."""
+    return sorted(
+        (p for p in Path(folder).glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()),
         key=lambda p: int(p.name[len(prefix):]),
     )
-    for old in found[:-keep]:
+
+
+def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-") -> None:
+    """Delete all but the newest ``keep`` periodic checkpoints."""
+    for old in step_checkpoints(folder, prefix)[:-keep]:
         shutil.rmtree(old)
 
 

@@ -19,13 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rlvr_lab.eval.intervals import wilson_interval  # noqa: F401 - part of this module's interface
+from rlvr_lab.eval.intervals import Z95, wilson_interval  # noqa: F401 - wilson_interval: part of this module's interface
 
 PMI_FLOOR = 1e-15
 """What an exact zero probability becomes before the PMI_DC division (arXiv 2305.14596, official code)."""
-
-Z95 = 1.959963984540054
-"""Two-sided 95% quantile of the standard normal distribution."""
 
 
 def first_occurrences(n_choices: int, choices: Sequence[str] | None = None) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr_lab.envs.qa_data import jsonl_rows
+from rlvr_lab.eval.evaluate import same_or_among, vote_inputs
 from rlvr_lab.eval.selection.hybrid import hybrid_select
 from rlvr_lab.eval.selection.metrics import (
     judge_quality,
@@ -275,16 +276,14 @@ def summarize_selection(selections: Sequence[PoolSelection], settings: SelectSet
     pools = [s.pool for s in selections]
     correct = [p.correct for p in pools]
     chosen_right = [s.chosen is not None and s.pool.correct[s.chosen] for s in selections]
+    votes = [vote_inputs(p.answers, p.correct) for p in pools]  # per pool: (answers, the verified ones)
     out: dict[str, Any] = {
         "method": settings.method, "questions": len(pools), "candidates": sum(len(p.texts) for p in pools),
         "selected": _estimate(selection_accuracy(chosen_right)),
         "oracle": _estimate(oracle_accuracy(correct)),
         "random": _estimate(random_choice_accuracy(correct)),
-        "majority": _estimate(majority_vote_accuracy(
-            [[" ".join(a.split()) if a is not None else None for a in p.answers] for p in pools],
-            [frozenset(" ".join(a.split()) for a, ok in zip(p.answers, p.correct) if ok and a is not None)
-             for p in pools],
-            equal_fn=lambda a, b: a in b if isinstance(b, frozenset) else a == b)),
+        "majority": _estimate(majority_vote_accuracy([answers for answers, _ in votes], [right for _, right in votes],
+                                                     equal_fn=same_or_among)),
         "selector_calls": sum(s.games + s.judge_calls for s in selections),
         "games": sum(s.games for s in selections), "judge_calls": sum(s.judge_calls for s in selections),
         "failed_comparisons": sum(s.failed_comparisons for s in selections),
@@ -338,7 +337,7 @@ def run_select(samples: str | Path, selector_model: str, settings: SelectSetting
     from rlvr_lab.eval.run import EvalRequest, eval_config, load_engine, resolve_model
 
     spec = resolve_model(selector_model)
-    cfg = eval_config(EvalRequest(selector_model, overrides=[f"run.threads={threads}"] if threads else []), spec)
+    cfg = eval_config(EvalRequest(selector_model, threads=threads), spec)
     engine = load_engine(cfg)
     selector = BatchedSelector(engine, settings, wave=wave)
     tick = progress(len(pools)) if progress else None

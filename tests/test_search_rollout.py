@@ -3,7 +3,6 @@
 import dataclasses
 import threading
 
-import pytest
 import torch
 
 from rlvr_lab.envs.retrievers import RETRIEVAL_FAILED, Passage, RetrievalError

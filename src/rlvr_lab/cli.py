@@ -449,5 +449,104 @@ def mcq(
                   f"[bold cyan]{escape(str(out / 'records.jsonl'))}[/]", soft_wrap=True)
 
 
+@app.command("detect")
+def detect(
+    texts: Path = typer.Argument(..., help="JSONL with text and optional label (0 human-written, 1 machine-generated) and source."),
+    model: str = typer.Option(..., "--model", "-m", help="Scoring model: tiny, smollm2-135m-instruct, a .gguf file or a Hugging Face model directory."),
+    methods: list[str] = typer.Option(["lastde", "lastde_pp", "loglik", "logrank"], "--method", help="Score (repeatable): lastde, lastde_pp, loglik, logrank."),
+    samples: int = typer.Option(100, "--samples", "-s", min=2, help="Lastde++: tokens sampled per position from the scoring model."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Texts (model windows) per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Lastde++ sampling (and of the tiny model's initialisation)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", min=2, help="Longest window read at once (default: the model's context); longer texts are read in blocks with a carried-over prefix of half a window."),
+    out: Path = typer.Option(Path("evals/detect"), "--out", "-o", help="Output directory: detect.md, detect.json, records.jsonl."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto (cuda when present)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """Machine-generated-text detection (Lastde, Lastde++ of arXiv 2410.06072, log-likelihood, log-rank): a score
+    per text and, for labelled texts, AUROC per method with a 95% bootstrap interval."""
+    from rich.markup import escape
+
+    from rlvr_lab.analysis.detect import DetectSettings, run_detect
+    from rlvr_lab.train.loop import pick_device
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    bars = progress_bars(console)
+
+    def progress(total: int):
+        bar = bars.add_task("detect", total=total)
+        return lambda n: bars.advance(bar, n)
+
+    try:
+        settings = DetectSettings(methods=tuple(methods), n_samples=samples, seed=seed, batch_size=batch_size,
+                                  max_context=max_context)
+        with bars:
+            result = run_detect(texts, model, settings=settings, out_dir=out, device=pick_device(device),
+                                progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]detect error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(result.table, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{result.summary['wall_s']:.1f}s | per-text records: [bold cyan]{escape(str(out / 'records.jsonl'))}[/]",
+                  soft_wrap=True)
+
+
+@app.command("value")
+def value(
+    train: Path = typer.Argument(..., help="JSONL of training samples: prompt and response, or question and answer (the SFT warm-start's shape)."),
+    val: Path = typer.Option(..., "--val", help="JSONL of validation samples (same shapes): what the training samples are valued against."),
+    model: str = typer.Option(..., "--model", "-m", help="Scoring model: tiny, smollm2-135m-instruct, a .gguf file or a Hugging Face model directory."),
+    reduce: str = typer.Option("mean", "--reduce", help="mean: score against the validation mean representation; pairwise: also every validation sample."),
+    vocab: str = typer.Option("all", "--vocab", help="Vocabulary rows kept: all (exact), inputs (ids occurring in both files), topk (per-batch top predictions)."),
+    prediction_topk: int = typer.Option(32, "--prediction-topk", min=1, help="--vocab topk: most probable ids kept per position."),
+    topk_abs: Optional[int] = typer.Option(None, "--topk-abs", min=1, help="Keep only the union of the k largest |prediction error| ids per position."),
+    keep_ratio: float = typer.Option(1.0, "--keep-ratio", min=0.0, max=1.0, help="Training samples: fraction of lowest-likelihood response positions kept (0 < r <= 1)."),
+    top_k: int = typer.Option(10, "--top-k", min=0, help="Highest- and lowest-scoring samples written to top.jsonl and bottom.jsonl."),
+    target_template: str = typer.Option("<answer>{answer}</answer>", "--target-template", help="question/answer rows: the response, as in the warm-start ({answer} is the answer)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per forward pass."),
+    out: Path = typer.Option(Path("evals/value"), "--out", "-o", help="Output directory: scores.jsonl, top.jsonl, bottom.jsonl, value.json."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, mps or auto (cuda when present)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """Forward-only data valuation (For-Value, arXiv 2508.10180): how well each training sample's last-layer
+    gradient, read off one forward pass, aligns with the validation samples'. Higher is more valuable."""
+    from rich.markup import escape
+
+    from rlvr_lab.analysis.value import ValueSettings, run_value
+    from rlvr_lab.train.loop import pick_device
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    bars = progress_bars(console)
+
+    def progress(label: str, total: int):
+        bar = bars.add_task(f"value ({label})", total=total)
+        return lambda n: bars.advance(bar, n)
+
+    try:
+        settings = ValueSettings(reduce=reduce, vocab=vocab, prediction_topk=prediction_topk, topk_abs=topk_abs,  # type: ignore[arg-type]
+                                 keep_ratio=keep_ratio, batch_size=batch_size, top_k=top_k, target_template=target_template)
+        with bars:
+            summary = run_value(train, val, model, settings, out_dir=out, device=pick_device(device), progress=progress)
+    except (FileNotFoundError, ValueError) as exc:  # ValueInputError is a ValueError
+        console.print(f"[bold red]value error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{summary['n_train']} training samples ({summary['n_train_empty_response']} with an empty response, "
+                  f"score 0) valued against {summary['n_val']} validation samples ({reduce}) | score mean "
+                  f"{summary['score_mean']:.4g}, sd {summary['score_std']:.4g}, min {summary['score_min']:.4g}, max "
+                  f"{summary['score_max']:.4g} | {summary['train_samples_per_s']:.2f} samples/s", highlight=False, soft_wrap=True)
+    for label, rows in (("highest", summary["top"]), ("lowest", summary["bottom"])):
+        if rows:
+            shown = ", ".join(f"line {r['line']} ({r['score']:.4g})" for r in rows[:5])
+            console.print(f"{label}: {shown}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"scores: [bold cyan]{escape(str(out / 'scores.jsonl'))}[/] | top/bottom {top_k}: "
+                  f"[bold cyan]{escape(str(out / 'top.jsonl'))}[/], [bold cyan]{escape(str(out / 'bottom.jsonl'))}[/]",
+                  soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

@@ -108,6 +108,25 @@ class AdaptiveTemperatureConfig(_Strict):
     code_compat_sign: bool = Field(False, description="The released code's sign of scale_neg (every ĥ >= 0).")
 
 
+class SwiReasoningConfig(_Strict):
+    """SwiReasoning decoding (arXiv 2510.05069): latent blocks feed the probability-weighted embedding mixture,
+    explicit blocks the sampled token; entropy trends switch between them. Used when rollout.mode=swireasoning.
+    Latent-step tokens are masked out of the loss (see rlvr_lab.rollout.swireasoning)."""
+
+    alpha0: float = Field(1.0, ge=0, le=1, description="α₀: weight of the soft embedding (vs <think>) on an explicit->latent switch, rising to 1 over the response budget (the paper tunes it per model: 0.1-1.0).")
+    beta0: float = Field(0.7, ge=0, le=1, description="β₀: weight of the soft embedding (vs </think>) in the first input after a latent->explicit switch, rising to 1.")
+    window: int = Field(512, ge=1, description="W: least explicit steps before returning to latent.")
+    max_switch_count: int | None = Field(None, ge=1, description="C_max: force convergence_text from C_max latent->explicit switches on, termination_text past 2·C_max (None: no cap).")
+    convergence_text: str = Field("</think>", description="Forced after C_max switches.")
+    termination_text: str = Field("</think>\n\nThe final answer is", description="Forced past 2·C_max switches; answer_budget tokens later the response stops.")
+    answer_budget: int = Field(32, ge=1, description="Tokens allowed after termination_text.")
+    force_math_tokens: bool = Field(True, description="Feed digits, single letters, operators and LaTeX commands as tokens even in a latent block.")
+    think_text: str = Field("<think>", description="Its first token is blended in on explicit->latent switches (\"\": no blend).")
+    end_think_text: str = Field("</think>", description="Its first token is blended in on latent->explicit switches and, when sampled, locks the response explicit (\"\": neither).")
+    first_step_text: str = Field("\n", description="Its first token is blended (0.1) into the first soft embedding (\"\": no blend).")
+    start_latent: bool = Field(True, description="Begin in a latent block (the paper); false begins explicit.")
+
+
 class RolloutConfig(_Strict):
     backend: Literal["auto", "native", "hf"] = Field("auto", description="Sampler path; auto uses the native KV-cache decoder when supported.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature for training rollouts.")
@@ -120,12 +139,36 @@ class RolloutConfig(_Strict):
         description="HAPO per-token temperature from the logits' entropy and the previous step's old-policy "
         "entropy statistics (None: the fixed temperature).",
     )
+    mode: Literal["sample", "swireasoning"] = Field(
+        "sample",
+        description="How responses are decoded: 'sample' token by token, 'swireasoning' switching between "
+        "latent and explicit thinking (arXiv 2510.05069; settings in rollout.swireasoning) for training "
+        "rollouts and evaluation alike.",
+    )
+    swireasoning: SwiReasoningConfig = Field(
+        default_factory=SwiReasoningConfig, description="SwiReasoning settings (used with rollout.mode=swireasoning)."
+    )
 
     @model_validator(mode="after")
     def _check_adaptive(self) -> RolloutConfig:
         if self.adaptive_temperature is not None and self.temperature <= 0:
             raise ValueError("adaptive_temperature needs sampling: set rollout.temperature > 0 (it is T0)")
+        if self.mode == "swireasoning" and self.adaptive_temperature is not None:
+            raise ValueError("rollout.mode=swireasoning cannot take rollout.adaptive_temperature (HAPO): "
+                             "SwiReasoning samples at the fixed rollout.temperature")
         return self
+
+    def swireasoning_conflict(self, *, search_enabled: bool, old_logprobs: str) -> str | None:
+        """Why ``mode=swireasoning`` cannot run with the rest of the config (None when it can)."""
+        if self.mode != "swireasoning":
+            return None
+        if search_enabled:
+            return ("rollout.mode=swireasoning cannot run with search.enabled=true: the multi-turn search "
+                    "rollout decodes token by token")
+        if old_logprobs == "sampler":
+            return ("rollout.mode=swireasoning needs train.old_logprobs=recompute: the sampler's log-probs were "
+                    "computed in contexts holding soft (latent) inputs, not on the token trace that trains")
+        return None
 
 
 class NamedComponent(_Strict):
@@ -360,6 +403,27 @@ class SFTLossConfig(_Strict):
         return self
 
 
+class SFTSelectConfig(_Strict):
+    """Warm-start data selection by For-Value (arXiv 2508.10180): score the warm-start's examples with the
+    model about to be trained, keep the best fraction, and train the same number of steps on those."""
+
+    fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="Share of the warm-start's distinct examples kept: the ceil(fraction x n) highest For-Value "
+        "scores against the validation mean. The warm-start cycles over them for its steps x batch_size examples.",
+    )
+    val_size: int = Field(
+        32, ge=1,
+        description="Validation examples the scores are taken against: the last val_size examples of the "
+        "(decontaminated) training set, never the held-out eval set, and never warm-started on (our choice; "
+        "the paper leaves the validation set to the user).",
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per scoring forward pass.")
+    vocab: Literal["all", "topk"] = Field(
+        "all", description="Vocabulary rows of the representations: all (exact) or topk (per-batch top-32 predictions)."
+    )
+
+
 class SFTConfig(_Strict):
     loss: SFTLossConfig = Field(default_factory=SFTLossConfig, description="The warm-start objective.")
     steps: int = Field(0, ge=0, description="Supervised warm-start steps before RL (0: skip).")
@@ -371,6 +435,11 @@ class SFTConfig(_Strict):
         description="A checkpoint holding the result of this same warm-start (set by `rlvr sweep` when cells share "
         "one): its weights are loaded instead of training; RL prompts still start after the steps x batch_size "
         "warm-start examples, as if it had been trained here.",
+    )
+    select: SFTSelectConfig | None = Field(
+        None,
+        description="Keep only the warm-start examples with the highest For-Value scores (None: train on all). "
+        "Not run when init_from loads the warm-start's weights.",
     )
 
 
@@ -542,6 +611,9 @@ class Config(_Strict):
         if self.search.enabled and self.search.retriever == "bm25" and not self.search.corpus and self.task.kind != "synthetic_kb":
             raise ValueError("search with the bm25 retriever needs search.corpus (only synthetic_kb tasks make their own)")
         r = self.rollout
+        conflict = r.swireasoning_conflict(search_enabled=self.search.enabled, old_logprobs=self.train.old_logprobs)
+        if conflict:
+            raise ValueError(conflict)
         if self.train.old_logprobs == "sampler":
             # the sampler's log-probs are those of the distribution it drew from: the same as the
             # recomputed ones only when that is the full tempered distribution the loss uses

@@ -160,14 +160,13 @@ def load_engine(cfg: Config):
     import torch
 
     from rlvr_lab.models import load_model_and_tokenizer
-    from rlvr_lab.rollout.engine import RolloutEngine
-    from rlvr_lab.train.loop import pick_device
+    from rlvr_lab.train.loop import make_engine, pick_device
 
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     loaded = load_model_and_tokenizer(cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype,
                                       device=pick_device(cfg.run.device), seed=cfg.run.seed)
-    return RolloutEngine(loaded.model, loaded.tokenizer, backend=cfg.rollout.backend)
+    return make_engine(loaded.model, loaded.tokenizer, cfg.rollout)
 
 
 
@@ -266,7 +265,7 @@ def run_eval(request: EvalRequest, *, progress: Callable[[str, int], Callable[[i
     result = {
         "task": cfg.task.name if cfg.task.kind == "reasoning_gym" else cfg.task.eval_path,
         "questions": len(examples), "samples": cfg.eval.samples, "temperature": cfg.eval.temperature,
-        "max_new_tokens": cfg.rollout.max_new_tokens, "seed": request.seed,
+        "max_new_tokens": cfg.rollout.max_new_tokens, "rollout_mode": cfg.rollout.mode, "seed": request.seed,
         "interval": "95%, normal approximation over questions (mean ± 1.96 se)",
         "models": [{"label": ev.label, "source": ev.source, "seconds": ev.seconds,
                     "metrics": {k: v for k, v in ev.metrics.items() if k != PER_PROMPT}} for ev in evals],

@@ -75,9 +75,10 @@ class HFDecoder:
     def release(self) -> None:
         """Nothing to drop: this path keeps no state between generations."""
 
-    def _logits(self, ids, positions, cache: _HFCache, end: int) -> torch.Tensor:
+    def _logits(self, ids, positions, cache: _HFCache, end: int, embeds=None) -> torch.Tensor:
+        inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
         out = self.model(
-            input_ids=ids,
+            **inputs,
             attention_mask=cache.key_valid[:, :end].long(),
             position_ids=positions,
             use_cache=True,
@@ -96,6 +97,14 @@ class HFDecoder:
     def step(self, tokens, positions, cache: _HFCache, column: int) -> torch.Tensor:
         cache.key_valid[:, column] = True
         return self._logits(tokens.unsqueeze(-1), positions.unsqueeze(-1), cache, column + 1)
+
+    @torch.inference_mode()
+    def step_embeds(self, embeds, positions, cache: _HFCache, column: int) -> torch.Tensor:
+        """:meth:`step` fed input vectors ``embeds`` (B, d) instead of token ids (SwiReasoning's soft
+        embeddings, arXiv 2510.05069)."""
+        cache.key_valid[:, column] = True
+        embeds = embeds.to(self.model.get_input_embeddings().weight.dtype).unsqueeze(1)  # (B, 1, d)
+        return self._logits(None, positions.unsqueeze(-1), cache, column + 1, embeds=embeds)
 
 
 class _StopChecker:
@@ -179,9 +188,13 @@ class RolloutEngine:
 
     The native decoder (preallocated cache, lean forward) is used for Llama-family models; any
     other causal LM goes through its own ``forward``. ``backend="hf"`` forces the generic path.
+    Built with a SwiReasoning config, it decodes with :mod:`rlvr_lab.rollout.swireasoning` on the same
+    decoder and cache (both decoders also take input vectors: ``step_embeds``).
     """
 
-    def __init__(self, model, tokenizer, *, backend: str = "auto"):
+    def __init__(self, model, tokenizer, *, backend: str = "auto", swireasoning=None):
+        """``swireasoning``, a :class:`~rlvr_lab.rollout.swireasoning.SwirConfig`, makes every
+        :meth:`generate` call decode with SwiReasoning (arXiv 2510.05069) instead of plain sampling."""
         if backend not in ("auto", "native", "hf"):
             raise ValueError(f"backend must be 'auto', 'native' or 'hf', got {backend!r}")
         self.model = model
@@ -191,6 +204,11 @@ class RolloutEngine:
         self.backend = "native" if use_native else "hf"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.swir = None
+        if swireasoning is not None:  # imported here: the module builds on this one
+            from rlvr_lab.rollout.swireasoning import SwiReasoning
+
+            self.swir = SwiReasoning(swireasoning, tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -262,7 +280,12 @@ class RolloutEngine:
         """
         if temperature_fn is not None and params.greedy:
             raise ValueError("an adaptive temperature needs sampling (temperature > 0), not greedy decoding")
+        if self.swir is not None and (temperature_fn is not None or on_finish is not None):
+            raise ValueError("SwiReasoning decoding takes neither an adaptive temperature nor an on_finish "
+                             "callback (multi-turn tool rollouts)")
         try:
+            if self.swir is not None:
+                return self.swir.generate(self, prompts, params, seed=seed)
             return self._generate(prompts, params, seed, temperature_fn, on_finish)
         finally:  # the decoder's per-call weight snapshot is not kept between calls
             self.decoder.release()

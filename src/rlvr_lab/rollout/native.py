@@ -402,16 +402,22 @@ class NativeDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
         """Decode one token per row: ``tokens`` (B,) at ``positions`` (B,) into cache ``column``."""
         cache.key_bias[:, :, column] = 0.0
-        return self.logits(self._decode(tokens, positions, cache, column))
+        return self.logits(self._decode(F.embedding(tokens, self.embed), positions, cache, column))
 
-    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
-        """The single-position forward, kept to a short, fixed list of kernels per layer on (B, d)
-        activations: residual adds fused into the projections, queries, keys and values rotated in one
-        pass (the value slot passes through), key and value written by one copy, and attention run as
-        batched matmuls over (row, key/value head) pairs, the padding bias added inside the first."""
-        B, H, Hkv, hd, rep = tokens.shape[0], self.n_heads, self.n_kv, self.head_dim, self.rep
+    @torch.inference_mode()
+    def step_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
+        """:meth:`step` fed input vectors ``embeds`` (B, d) instead of token ids (SwiReasoning's soft
+        embeddings, arXiv 2510.05069); returns next-token logits (B, V) float32."""
+        cache.key_bias[:, :, column] = 0.0
+        return self.logits(self._decode(embeds.to(self.embed.dtype), positions, cache, column))
+
+    def _decode(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, column: int) -> torch.Tensor:
+        """The single-position forward of input vectors ``x`` (B, d), kept to a short, fixed list of kernels
+        per layer on (B, d) activations: residual adds fused into the projections, queries, keys and values
+        rotated in one pass (the value slot passes through), key and value written by one copy, and attention
+        run as batched matmuls over (row, key/value head) pairs, the padding bias added inside the first."""
+        B, H, Hkv, hd, rep = x.shape[0], self.n_heads, self.n_kv, self.head_dim, self.rep
         end = column + 1
-        x = F.embedding(tokens, self.embed)  # (B, d)
         rope = self._rope_factors(positions)  # shared by the kv heads
         bias = cache.attention_bias(end)  # (B * Hkv, 1, end), shared by the layers
         exact_softmax = x.dtype == torch.float32

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rlvr_lab.config import Config, dump_config
+from rlvr_lab.config import Config, RolloutConfig, dump_config
 from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
 from rlvr_lab.eval.passk import paired_difference
 from rlvr_lab.models import load_model_and_tokenizer
@@ -42,7 +42,7 @@ from rlvr_lab.train.methods import (
 from rlvr_lab.diagnostics.probes import ProbeSet
 from rlvr_lab.train.observe import Observer, build_sinks, probe_batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
-from rlvr_lab.train.sft import supervised_warmstart
+from rlvr_lab.train.sft import forvalue_select, supervised_warmstart
 from rlvr_lab.train.stages import old_policy_pass, sequence_advantages, shape_rewards, token_advantages
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
 from rlvr_lab.types import Batch
@@ -57,6 +57,16 @@ def pick_device(name: str) -> str:
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def make_engine(model, tokenizer, rollout: RolloutConfig) -> RolloutEngine:
+    """The rollout engine ``rollout`` asks for: plain sampling, or SwiReasoning decoding (arXiv 2510.05069)."""
+    swir = None
+    if rollout.mode == "swireasoning":
+        from rlvr_lab.rollout.swireasoning import SwirConfig
+
+        swir = SwirConfig(**rollout.swireasoning.model_dump())
+    return RolloutEngine(model, tokenizer, backend=rollout.backend, swireasoning=swir)
 
 
 def max_response_tokens(cfg: Config) -> int:
@@ -126,7 +136,7 @@ class Trainer:
         self.train_indices = [i for i, q in enumerate(self.train_task.questions()) if q not in eval_questions]
         if not self.train_indices:
             raise ValueError("every training question also occurs in the eval set; use a larger task space")
-        self.engine = RolloutEngine(self.model, self.tokenizer, backend=cfg.rollout.backend)
+        self.engine = make_engine(self.model, self.tokenizer, cfg.rollout)
         self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
         if cfg.train.old_logprobs == "sampler" and (self.methods.chunk_fns(self.spec.temperature) or self.methods.needs_hidden):
@@ -172,15 +182,47 @@ class Trainer:
             self.metrics.write({"stage": "sft", "step": step, **record})
             self.report("sft_step", step=step, total=cfg.steps, record=record)
 
+        next_examples = lambda step, n: self.train_examples(n, step * n)  # noqa: E731
+        selection: dict[str, Any] = {}
+        if cfg.select is not None:
+            next_examples, selection = self.select_warmstart()
         history = supervised_warmstart(
             self.model, self.tokenizer, self.env.render,
-            lambda step, n: self.train_examples(n, step * n),
+            next_examples,
             steps=cfg.steps, batch_size=cfg.batch_size, optim=cfg.optim,
             target_template=cfg.target_template, on_step=on_step,
             loss=cfg.loss.name, loss_params=cfg.loss.params, targets=self.demonstrations(),
         )
         self.summary["sft"] = {"steps": cfg.steps, "final_loss": history[-1]["sft/loss"],
-                               "seconds": time.perf_counter() - t0}
+                               "seconds": time.perf_counter() - t0, **selection}
+
+    def select_warmstart(self):
+        """``sft.select``: For-Value scores of the warm-start's distinct examples against the last ``val_size``
+        training examples. Returns ``next_examples(step, n)``, cycling over the kept ones in training order, and a
+        summary; writes every score to ``sft_select.jsonl``. RL prompts are unchanged (they start after the warm-start's
+        steps x batch_size examples either way)."""
+        cfg = self.cfg.sft
+        sel = cfg.select
+        idx = self.train_indices
+        if len(idx) <= sel.val_size:
+            raise ValueError(f"sft.select.val_size={sel.val_size} leaves no example to select from: the training set "
+                             f"has {len(idx)} examples after decontamination")
+        val_start = len(idx) - sel.val_size
+        pool_pos = list(range(min(cfg.steps * cfg.batch_size, val_start)))  # the distinct positions the warm-start reads
+        pool = [self.train_task[idx[p]] for p in pool_pos]
+        val = [self.train_task[idx[p]] for p in range(val_start, len(idx))]
+        t0 = time.perf_counter()
+        kept, scores = forvalue_select(self.model, self.tokenizer, self.env.render, pool, val, fraction=sel.fraction,
+                                       target_template=cfg.target_template, targets=self.demonstrations(),
+                                       batch_size=sel.batch_size, vocab=sel.vocab)
+        chosen = [pool[k] for k in kept]
+        kept_set = set(kept)
+        with (self.run_dir / "sft_select.jsonl").open("w") as handle:
+            for k, p in enumerate(pool_pos):
+                handle.write(json.dumps({"position": p, "train_index": idx[p], "score": scores[k], "kept": k in kept_set}) + "\n")
+        summary = {"select": {"pool": len(pool), "kept": len(chosen), "val": len(val), "seconds": time.perf_counter() - t0,
+                              "file": str(self.run_dir / "sft_select.jsonl")}}
+        return (lambda step, n: [chosen[(step * n + i) % len(chosen)] for i in range(n)]), summary
 
     def demonstrations(self):
         """Warm-start targets from the environment (search trajectories), or None for the template."""
@@ -229,7 +271,7 @@ class Trainer:
             gen = self.env.generate(self.engine, [p for p in prompt_ids for _ in range(S)], self.sampling_params(), seed=PROBE_SEED)
             scores = self.env.score(gen.texts, [ex for ex in examples for _ in range(S)])
             probes = ProbeSet.from_rows(
-                gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, gen.sampled_mask,
+                gen.prompt_ids, gen.prompt_mask, gen.response_ids, gen.response_mask, gen.loss_mask,
                 [bool(s.correct) for s in scores], gen.texts,
                 meta={"task": self.cfg.task.name, "model": self.cfg.model.source, "prompts": len(examples), "samples": S},
             )
@@ -272,6 +314,8 @@ class Trainer:
         metrics.update(shaping)
         if tool:
             metrics.update(tool_use_metrics(gen, generate_s))
+        if hasattr(gen, "rollout_metrics"):  # a decoding mode's own counts (SwiReasoning's latent share)
+            metrics.update(gen.rollout_metrics())
         lengths = gen.response_lengths.float()
         metrics.update({
             "rollout/response_len_mean": float(lengths.mean()),

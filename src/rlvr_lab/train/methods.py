@@ -40,10 +40,7 @@ import torch
 from rlvr_lab.config import AdaptiveTemperatureConfig, Config, NamedComponent, SpearConfig, inert_methods, replay_never_triggers
 from rlvr_lab.objectives import (
     ADVANTAGE_ESTIMATORS,
-    AUX_LOSSES,
-    POLICY_LOSSES,
     TOKEN_ADVANTAGE_MODIFIERS,
-    TOKEN_LOSS_OVERRIDES,
     StepContext,
 )
 from rlvr_lab.objectives.entropy_mech import GENERATOR_KEY

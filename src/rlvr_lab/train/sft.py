@@ -7,6 +7,7 @@ hidden states so that no ``(B, T, V)`` tensor is kept for backward.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,6 +53,51 @@ def div_prec_loss(model, batch: Batch, **params) -> tuple[torch.Tensor, dict[str
 
 
 SFT_LOSSES = {"cross_entropy": cross_entropy_loss, "div_prec": div_prec_loss}
+
+
+def forvalue_select(
+    model,
+    tokenizer,
+    render: Callable[[Mapping[str, Any]], str],
+    pool: Sequence[Mapping[str, Any]],
+    val: Sequence[Mapping[str, Any]],
+    *,
+    fraction: float,
+    target_template: str,
+    targets: TargetFn | None = None,
+    batch_size: int = 8,
+    vocab: str = "all",
+) -> tuple[list[int], list[float]]:
+    """The ``ceil(fraction · len(pool))`` warm-start examples of ``pool`` with the highest For-Value scores
+    (arXiv 2508.10180) against the mean of ``val``, under ``model`` as it is now (before the warm-start).
+
+    Each example becomes the prompt and target tokens :func:`supervised_warmstart` would train on (a
+    demonstration's loss mask included), so the score is the alignment of exactly that sample's last-layer
+    gradient with the validation samples'. Returns the kept positions of ``pool`` in pool order (ties
+    broken by position) and every example's score.
+    """
+    from rlvr_lab.analysis.value import Sample, ValueSettings, score_token_samples
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not pool or not val:
+        raise ValueError(f"need warm-start and validation examples, got {len(pool)} and {len(val)}")
+    targets = targets or template_targets(tokenizer, target_template)
+
+    def samples(examples: Sequence[Mapping[str, Any]]) -> list[Sample]:
+        prompts = [tokenizer.encode(render(ex), add_special_tokens=False) for ex in examples]
+        ids, masks = targets(examples)
+        out = []
+        for i, (p, y) in enumerate(zip(prompts, ids)):
+            # as in supervised_warmstart: a mask shorter than the target leaves the rest of it counted
+            mask = None if masks is None else ([bool(m) for m in masks[i]] + [True] * len(y))[: len(y)]
+            out.append(Sample(p, list(y), mask))
+        return out
+
+    settings = ValueSettings(batch_size=batch_size, vocab=vocab, top_k=0)  # type: ignore[arg-type]
+    scores = [float(x) for x in score_token_samples(model, samples(pool), samples(val), settings)]
+    ranked = sorted(range(len(pool)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[: math.ceil(fraction * len(pool))]), scores
 
 
 def supervised_warmstart(

@@ -261,6 +261,30 @@ def test_killed_cell_is_restarted_and_only_it(real_sweep, tmp_path, started):
     assert after[0]["seconds"] == manifest["cells"][0]["seconds"] and after[1]["seconds"] > 0
 
 
+def test_cell_with_a_periodic_checkpoint_is_resumed_not_restarted(tmp_path):
+    """With ``train.checkpoint_every`` set, an interrupted cell continues from its last checkpoint (``rlvr train
+    --resume``) and ends with the same records as the run that was never interrupted."""
+    spec = write_spec(tmp_path, {**SPEC, "seeds": [0], "overrides": ["train.checkpoint_every=1", "train.steps=3"]})
+    out = tmp_path / "sweep"
+    assert invoke(spec, "--out", out, "--threads", 1).exit_code == 0
+    cell = out / "runs" / "grpo" / "seed0"
+    whole = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    # as a kill during step 3 leaves it: no summary, no step-3 checkpoint, step 3's record half written
+    (cell / "summary.json").unlink()
+    shutil.rmtree(cell / "checkpoints" / "step-3")
+    shutil.rmtree(cell / "checkpoints" / "final")
+    lines = (cell / "metrics.jsonl").read_text().splitlines()
+    (cell / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+
+    result = invoke(spec, "--out", out, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "--resume" in (out / "runs" / "grpo" / "seed0.log").read_text()
+    again = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]  # noqa: E731
+    assert drop(again) == drop(whole)
+    assert json.loads((cell / "summary.json").read_text())["resumed"][0]["from_step"] == 2
+
+
 # ---- the sweep's bookkeeping, with a stand-in trainer --------------------------------------------
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rlvr_lab.rewards import (
     score_batch,
     summarize_scores,
 )
+from rlvr_lab.rewards.safe import process_isolation_available
 from rlvr_lab.types import Score
 
 # --- extraction ------------------------------------------------------------------------------
@@ -375,3 +377,43 @@ def test_reasoning_gym_binary_reward_keeps_raw_score():
     assert binary.value == 0.0 and binary.correct is False and binary.parts["score"] == partial.value
     right = task.verifier(partial_credit=False)(f"<answer>{ex['answer']}</answer>", ex)
     assert right.value == 1.0 and right.correct is True
+
+
+# --- verifiers in child processes ------------------------------------------------------------------
+
+
+def _sleeps_forever(text, example):
+    time.sleep(10_000)
+
+
+def _dies(text, example):
+    if text == "die":
+        os._exit(7)
+    return Score(1.0, correct=True)
+
+
+@pytest.mark.skipif(not process_isolation_available(), reason="needs fork")
+def test_a_verifier_that_never_returns_leaves_no_thread_or_process_behind():
+    """1,000 calls of a verifier that sleeps forever: each is a timeout Score, and afterwards this process has
+    exactly the threads and child processes it had before (thread isolation would leave 1,000 threads)."""
+    import multiprocessing
+
+    threads = threading.active_count()
+    scores = score_batch(_sleeps_forever, ["x"] * 1000, [{}] * 1000, timeout_s=0.005, isolation="process")
+    assert scores == [Score(0.0, correct=False, error="timeout after 0.005s")] * 1000
+    assert threading.active_count() == threads
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.skipif(not process_isolation_available(), reason="needs fork")
+def test_process_isolation_scores_like_the_thread_and_survives_a_dying_verifier(chain_sum_entry):
+    verify = exact_match_verifier(fallback="full")
+    texts = [f"{chain_sum_entry['answer']}", "7", "", "<answer>1</answer>", "-0"] * 3
+    examples = [chain_sum_entry] * len(texts)
+    assert score_batch(verify, texts, examples, timeout_s=5.0, isolation="process") == \
+        score_batch(verify, texts, examples, timeout_s=5.0, isolation="thread")
+    scores = score_batch(_dies, ["a", "die", "b"], [{}] * 3, timeout_s=5.0, isolation="process")
+    assert scores[0].correct and scores[2].correct
+    assert scores[1] == Score(0.0, correct=False, error="verifier process died (exit code 7)")
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        score_batch(verify, ["a"], [{}], isolation="fiber")

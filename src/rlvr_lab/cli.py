@@ -66,6 +66,11 @@ class ConsoleReporter:
 
         self.console.print(f"[bold yellow]warning[/]: {escape(str(message))}")
 
+    def on_info(self, message) -> None:
+        from rich.markup import escape
+
+        self.console.print(escape(str(message)), highlight=False)
+
     def on_sft_step(self, step, total, record) -> None:
         self.progress.update(self._bar("warm-start", total), completed=step + 1)
         if (step + 1) % max(1, total // 10) == 0 or step + 1 == total:
@@ -143,19 +148,33 @@ PRESET_HELP = "A packaged preset by name (e.g. dapo; see `rlvr list`) or a YAML 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="Run config YAML (see configs/)."),
+    config: Optional[Path] = typer.Argument(None, help="Run config YAML (see configs/); with --resume, default: the run's own."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. train.steps=10"),
     preset: list[Path] = typer.Option([], "--preset", "-p", help=PRESET_HELP),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue this run directory from its last periodic checkpoint (train.checkpoint_every), "
+        "bitwise as if never stopped; only the step budget and output options may change."),
     quiet: bool = typer.Option(False, help="No per-step lines."),
 ) -> None:
     """Supervised warm-start (optional), then RL; writes metrics, checkpoints and a summary to the run dir."""
     from rlvr_lab.train.loop import Trainer
 
-    cfg = _load(config, preset, overrides or [])
+    overrides = list(overrides or [])
+    if config is not None and "=" in config.name and not config.exists():  # `--resume DIR key=value`: no config
+        overrides, config = [str(config), *overrides], None
+    if config is None:
+        if resume is None:
+            console.print("[bold red]config error[/]: give a run config YAML (or --resume RUN_DIR)")
+            raise typer.Exit(2)
+        config = resume / "config.yaml"
+        if not config.is_file():
+            console.print(f"[bold red]setup error[/]: {resume} is not a run directory: it holds no config.yaml")
+            raise typer.Exit(2)
+    cfg = _load(config, preset, overrides)
     if cfg.run.threads is None and os.environ.get("OMP_NUM_THREADS"):
         cfg.run.threads = int(os.environ["OMP_NUM_THREADS"])
     reporter = None if quiet else ConsoleReporter(console)
-    trainer = Trainer(cfg, reporter=reporter)
+    trainer = Trainer(cfg, reporter=reporter, resume_dir=resume)
     try:
         trainer.setup()
     except (ValueError, FileNotFoundError) as exc:  # bad model source, task name or task options
@@ -546,6 +565,65 @@ def value(
     console.print(f"scores: [bold cyan]{escape(str(out / 'scores.jsonl'))}[/] | top/bottom {top_k}: "
                   f"[bold cyan]{escape(str(out / 'top.jsonl'))}[/], [bold cyan]{escape(str(out / 'bottom.jsonl'))}[/]",
                   soft_wrap=True)
+
+
+def _testbed_seeds(seeds: Optional[list[str]], extra: list[str]) -> list[int]:
+    """``--seeds 0 1 2``: click gives --seeds its first value and the rest arrive as positional arguments, which
+    are bare integers (an override always has an ``=``). Also ``--seeds 0,1,2`` and repeated ``--seeds``."""
+    if not seeds:
+        if extra:
+            raise ValueError(f"arguments {extra} are neither key=value overrides nor values of --seeds")
+        return [0, 1, 2]
+    out = []
+    for text in [*seeds, *extra]:
+        for part in text.replace(",", " ").split():
+            if not part.lstrip("-").isdigit():
+                raise ValueError(f"--seeds takes integers, got {part!r} (overrides look like key=value)")
+            out.append(int(part))
+    return out
+
+
+@app.command("testbed")
+def testbed(
+    name: str = typer.Argument(..., help="Testbed: hadamard-ce, specgd, fact-streams, icl-occam, llr-weighting."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Parameter overrides key=value (values read as YAML), e.g. steps=500 lr=0.5."),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds, e.g. --seeds 0 1 2 or --seeds 0,1,2 (default 0 1 2)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory: config.json, metrics.jsonl, summary.json, report.html (default testbeds/NAME)."),
+    small: bool = typer.Option(False, "--small", help="The reduced sizes of the claim test (seconds instead of minutes)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads."),
+) -> None:
+    """A small synthetic experiment that tests one paper's claim over seeds (rlvr_lab.testbeds): the verdict with a
+    95% interval, the metrics per seed and an HTML report with the paper's headline plot."""
+    from rich.markup import escape
+
+    from rlvr_lab.testbeds.runner import claim_line, run_testbed
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    plain = [o for o in overrides or [] if "=" not in o]
+    bars = progress_bars(console)
+
+    def progress(total: int):
+        bar = bars.add_task(f"testbed {name} (seeds)", total=total)
+        return lambda n: bars.advance(bar, n)
+
+    try:
+        seed_list = _testbed_seeds(seeds, plain)
+        with bars:
+            summary = run_testbed(name, [o for o in overrides or [] if "=" in o], seed_list, out, small=small,
+                                  progress=progress)
+    except (ValueError, TypeError) as exc:
+        console.print(f"[bold red]testbed error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    claim = summary["claim"]
+    colour = "green" if claim["holds"] else "red"
+    console.print(f"{escape(summary['testbed'])} (arXiv {escape(summary['paper'])}), seeds "
+                  f"{', '.join(map(str, summary['seeds']))}, {summary['wall_s']:.1f}s", highlight=False, soft_wrap=True)
+    console.print(f"[bold {colour}]{escape(claim_line(claim))}[/]", highlight=False, soft_wrap=True)
+    console.print(escape(str(claim["text"])), highlight=False, soft_wrap=True)
+    console.print(f"report: [bold cyan]{escape(summary['report'])}[/]", soft_wrap=True)
 
 
 if __name__ == "__main__":

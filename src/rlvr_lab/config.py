@@ -53,6 +53,10 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where to run; auto picks cuda when present.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: leave torch's default).")
     overwrite: bool = Field(False, description="Allow writing into an existing run directory.")
+    resume: Literal["off", "auto"] = Field(
+        "off", description="auto: continue the latest run directory of this name (output_dir/name, name-2, ...) "
+        "from its last checkpoint when its config matches this one apart from the step budget and the output "
+        "options; otherwise start a new run directory, with a warning.")
 
 
 class ModelConfig(_Strict):
@@ -85,6 +89,9 @@ class TaskConfig(_Strict):
     )
     train_size: int = Field(10_000, ge=1, description="Training prompts (cycled).")
     eval_size: int = Field(200, ge=1, description="Held-out prompts (a different seed than training).")
+    min_train_questions: int = Field(
+        16, ge=1, description="Refuse to train when fewer distinct training questions than this remain after the "
+        "questions that also occur in the held-out set are removed (a small task space: see the start-up warning).")
     seed: int = Field(1, description="Dataset seed; the held-out split uses seed + 1_000_003.")
     instruction: str = Field(
         "",
@@ -98,6 +105,10 @@ class TaskConfig(_Strict):
     )
     format_weight: float = Field(0.0, ge=0, description="Weight of the format reward added to correctness.")
     verifier_timeout_s: float = Field(5.0, gt=0, description="Per-response time limit of the verifier.")
+    verifier_isolation: Literal["process", "thread"] = Field(
+        "process", description="Where verifiers run: process (a forked child per batch, killed on a time-out, so "
+        "a verifier that never returns leaves nothing behind; thread where fork does not exist) or thread (no "
+        "fork; a hung verifier leaves one thread behind per time-out).")
 
 
 class AdaptiveTemperatureConfig(_Strict):
@@ -366,6 +377,9 @@ class AlgorithmConfig(_Strict):
 
 
 class OptimConfig(_Strict):
+    name: Literal["adamw", "muon", "specgd"] = Field(
+        "adamw", description="Optimiser: adamw; muon or specgd on the hidden weight matrices with AdamW on "
+        "embeddings, LM head, norms and biases (rlvr_lab.optim; one lr, the spectral step scaled to AdamW's RMS).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.99))
@@ -443,6 +457,11 @@ class SFTConfig(_Strict):
     )
 
 
+class KeepBestConfig(_Strict):
+    metric: str = Field(description="A key of the RL step records in metrics.jsonl, e.g. reward/mean.")
+    mode: Literal["max", "min"] = Field("max", description="Whether larger or smaller is better.")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(50, ge=0, description="RL steps (one rollout batch each).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts P per rollout batch.")
@@ -481,8 +500,15 @@ class TrainConfig(_Strict):
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     log_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(0, ge=0, description="Save every N RL steps (0: only at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="How many periodic checkpoints to keep.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Save a checkpoint every N RL steps (0: only at the end); each one holds the trainer "
+        "state for an exact resume (rlvr train --resume RUN_DIR).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many periodic checkpoints to keep (the newest).")
+    max_nonfinite_steps: int = Field(
+        3, ge=0, description="Stop (with a checkpoint of the last good weights) after this many RL steps in a row "
+        "whose every update was skipped for a non-finite loss or gradient (0: never stop).")
+    keep_best: KeepBestConfig | None = Field(
+        None, description="Also keep the periodic checkpoint with the best value of a step metric (None: off).")
 
     @model_validator(mode="after")
     def _check_batches(self) -> TrainConfig:

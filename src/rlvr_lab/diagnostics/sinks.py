@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from rlvr_lab.faults import armed, kill_now
+
 Record = dict[str, Any]
 
 
@@ -39,18 +41,40 @@ def scalars(record: Record) -> dict[str, float]:
     return out
 
 
+def truncate_jsonl(path: Path, keep_lines: int) -> tuple[int, bool]:
+    """Cut the JSONL file at ``path`` to its first ``keep_lines`` lines (a resumed run rewrites what came
+    after its checkpoint). Returns (complete lines dropped, whether an unterminated last line was dropped).
+    Raises ValueError when the file holds fewer complete lines than ``keep_lines``."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # ``tail`` is b"" when the file ends with a newline
+    if len(complete) < keep_lines:
+        raise ValueError(f"{path} holds {len(complete)} complete lines, fewer than the {keep_lines} its checkpoint "
+                         "recorded: the file was changed or truncated by something other than this run")
+    path.write_bytes(b"".join(line + b"\n" for line in complete[:keep_lines]))
+    return len(complete) - keep_lines, bool(tail)
+
+
 class JsonlSink:
-    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it at once."""
+    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it at once; ``lines`` counts the
+    complete lines the file holds (a checkpoint records it, so that a resumed run continues exactly there)."""
 
     name = "jsonl"
 
     def __init__(self, path: Path):
         self.path = path
+        self.lines = path.read_bytes().count(b"\n") if path.exists() else 0
         self._fh = path.open("a", encoding="utf-8")
 
     def write(self, record: Record) -> None:
-        self._fh.write(json.dumps(record, default=float) + "\n")
+        line = json.dumps(record, default=float) + "\n"
+        if record.get("stage") == "rl" and armed("metrics_write", int(record.get("step", -1))):
+            self._fh.write(line[: len(line) // 2])  # a torn line, as a kill mid-write leaves it
+            self._fh.flush()
+            kill_now()
+        self._fh.write(line)
         self._fh.flush()
+        self.lines += 1
 
     def close(self) -> None:
         self._fh.close()
@@ -61,10 +85,12 @@ class TensorBoardSink:
 
     name = "tensorboard"
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        """``purge_step``: a resumed run's first step; TensorBoard drops the events the run wrote from that
+        step on before it was stopped, so the curves continue without a duplicated stretch."""
         from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
-        self._writer = SummaryWriter(log_dir=str(log_dir))
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def write(self, record: Record) -> None:
         step = int(record.get("step", 0))

@@ -76,6 +76,7 @@ class SearchEnv:
     system_prompt: str | None = None
     use_chat_template: bool = True
     timeout_s: float = 5.0
+    isolation: str = "thread"  # rlvr_lab.rewards.safe: thread or process
     _demos: dict = field(default_factory=dict, init=False, repr=False)
 
     def render(self, example: Mapping[str, Any]) -> str:
@@ -149,4 +150,4 @@ class SearchEnv:
         )
 
     def score(self, texts: Sequence[str], examples: Sequence[Mapping[str, Any]]) -> list[Score]:
-        return score_batch(self.verifier, texts, examples, timeout_s=self.timeout_s)
+        return score_batch(self.verifier, texts, examples, timeout_s=self.timeout_s, isolation=self.isolation)

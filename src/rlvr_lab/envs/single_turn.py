@@ -23,6 +23,7 @@ class SingleTurnEnv:
     system_prompt: str | None = None
     use_chat_template: bool = True
     timeout_s: float = 5.0
+    isolation: str = "thread"  # rlvr_lab.rewards.safe: thread or process
 
     def render(self, example: Mapping[str, Any]) -> str:
         question = example["question"]
@@ -37,7 +38,7 @@ class SingleTurnEnv:
         return engine.generate(prompts, params, seed=seed, temperature_fn=temperature_fn)
 
     def score(self, texts: Sequence[str], examples: Sequence[Mapping[str, Any]]) -> list[Score]:
-        return score_batch(self.verifier, texts, examples, timeout_s=self.timeout_s)
+        return score_batch(self.verifier, texts, examples, timeout_s=self.timeout_s, isolation=self.isolation)
 
 
 def task_rubric(task_verifier: Verifier, *, format_weight: float) -> Verifier:

@@ -584,6 +584,7 @@ class CellJob:
     log_file: str
     threads: int
     cwd: str
+    resume: bool = False  # continue run_dir from its last periodic checkpoint (rlvr train --resume)
 
 
 @dataclass(frozen=True)
@@ -591,6 +592,20 @@ class CellResult:
     status: str  # completed | failed
     seconds: float
     error: str | None = None
+
+
+def resumable(run_dir: Path, cfg: Config) -> bool:
+    """Whether an interrupted cell can continue from its last periodic checkpoint (the spec sets
+    ``train.checkpoint_every``) instead of starting over: its run directory has one, and its config is the
+    cell's apart from the step budget and output options (a different ``--parallel`` changes the threads)."""
+    if not (run_dir / "checkpoints").is_dir() or not (run_dir / "config.yaml").is_file():
+        return False
+    from rlvr_lab.train.resume import config_differences, latest_checkpoint  # loads torch: only when needed
+
+    if latest_checkpoint(run_dir) is None:
+        return False
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return not config_differences(saved, cfg.model_dump(mode="json"))
 
 
 def cell_command(config_file: str) -> list[str]:
@@ -603,7 +618,9 @@ def start_cell(job: CellJob) -> subprocess.Popen:
     threads = str(job.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     command = cell_command(job.config_file)
-    with open(job.log_file, "w") as log:
+    if job.resume:
+        command = [*command, "--resume", job.run_dir]
+    with open(job.log_file, "a" if job.resume else "w") as log:
         log.write(f"$ OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} {' '.join(command)}\n")
         log.flush()
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -846,13 +863,14 @@ def _schedule(plan: SweepPlan, runner, report: Callable[..., None]) -> None:
                     break
                 queue.remove(item)
                 run_dir, log_file, config_file = _cell_files(out, item)
-                if run_dir.exists():
+                cfg = plan.warm_configs[item] if isinstance(item, WarmStart) else plan.configs[item]
+                resume = resumable(run_dir, cfg)
+                if run_dir.exists() and not resume:
                     shutil.rmtree(run_dir)
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
-                cfg = plan.warm_configs[item] if isinstance(item, WarmStart) else plan.configs[item]
                 config_file.write_text(dump_config(cfg))
                 job = CellJob(item.label, str(config_file.resolve()), str(run_dir.resolve()),
-                              str(log_file.resolve()), plan.threads, os.getcwd())
+                              str(log_file.resolve()), plan.threads, os.getcwd(), resume=resume)
                 update(item, CellState("running"))
                 report("cell_start", cell=item)
                 runner.submit(item, job)

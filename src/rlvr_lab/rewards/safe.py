@@ -1,13 +1,21 @@
 """Running verifiers so that a failure is a counted error Score, never a crash or a silent zero.
 
 A verifier that raises gives ``Score(0.0, correct=False, error="<ExcType>: message")``; one that runs
-past its time limit gives ``error="timeout after <t>s"``. Time limits use daemon threads: a hung
-verifier is abandoned (Python cannot kill a thread) but never blocks the run or interpreter exit.
+past its time limit gives ``error="timeout after <t>s"``. Two ways to keep time:
+
+* ``isolation="process"`` (what the trainer uses where ``fork`` exists): the batch is scored in a forked
+  child process that sends each Score back as it is made; a child that overruns an item's limit is killed
+  (SIGKILL) and a fresh one goes on from the next item. A verifier that never returns costs a fork, not a
+  thread or a process that stays behind; one that crashes the interpreter costs that item only.
+* ``isolation="thread"``: a daemon thread; a hung verifier is abandoned (Python cannot kill a thread), so
+  each one leaves a thread behind, but it never blocks the run or interpreter exit. No fork, so it is the
+  cheaper choice for verifiers known to return, and the one Rubric parts use inside a batch.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import numbers
 import statistics
 import threading
@@ -36,23 +44,87 @@ def score_batch(
     examples: Sequence[Mapping[str, Any]],
     *,
     timeout_s: float | None = 5.0,
+    isolation: str = "thread",
 ) -> list[Score]:
     """One Score per ``(texts[i], examples[i])``, each limited to ``timeout_s`` seconds.
 
-    Items are scored in order in one daemon thread. When an item runs out of time it gets a
-    timeout Score, its thread is abandoned, and the remaining items continue in a fresh thread.
+    Items are scored in order in one worker (a daemon thread, or with ``isolation="process"`` a forked
+    child process). When an item runs out of time it gets a timeout Score, its worker is abandoned
+    (thread) or killed (process), and the remaining items continue in a fresh one.
     """
     if len(texts) != len(examples):
         raise ValueError(f"score_batch needs one example per text, got {len(texts)} texts and {len(examples)} examples")
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
     if timeout_s is None:
         return [_run_one(verifier, text, example) for text, example in zip(texts, examples)]
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be a positive number of seconds or None, got {timeout_s!r}")
+    if not texts:
+        return []
     scores: list[Score | None] = [None] * len(texts)
     start = 0
+    watch = _watch_process if isolation == "process" and process_isolation_available() else _watch_thread
     while start < len(texts):
-        start = _Worker(verifier, texts, examples, scores, start).watch(timeout_s)
+        start = watch(verifier, texts, examples, scores, start, timeout_s)
     return scores  # type: ignore[return-value]  # every slot is filled once the loop ends
+
+
+ISOLATIONS = ("thread", "process")
+
+
+def process_isolation_available() -> bool:
+    """Whether verifiers can run in forked child processes here (POSIX; not Windows)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _watch_thread(verifier, texts, examples, scores, start: int, timeout_s: float) -> int:
+    return _Worker(verifier, texts, examples, scores, start).watch(timeout_s)
+
+
+def _watch_process(verifier, texts, examples, scores: list[Score | None], start: int, timeout_s: float) -> int:
+    """Score items ``start, ...`` in a forked child until one overruns ``timeout_s`` (the child is killed) or
+    the child dies; return where the next child should go on. The child inherits the verifier and the items
+    (nothing is pickled on the way in); Scores come back one by one through a pipe."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_score_in_child, args=(verifier, texts, examples, start, send), daemon=True,
+                        name="rlvr-verifier")
+    child.start()
+    send.close()  # the parent's copy: EOF on ``receive`` once the child is gone
+    item = start
+    try:
+        while item < len(texts):
+            if not receive.poll(timeout_s):
+                scores[item] = Score(0.0, correct=False, error=f"{TIMEOUT_ERROR} {timeout_s:g}s")
+                return item + 1
+            try:
+                index, score = receive.recv()
+            except EOFError:  # the child died without a word (a crash in C code, os._exit, a signal)
+                child.join()
+                scores[item] = Score(0.0, correct=False, error=f"verifier process died (exit code {child.exitcode})")
+                return item + 1
+            scores[index] = score
+            item = index + 1
+        return item
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+
+
+def _score_in_child(verifier, texts, examples, start: int, send) -> None:
+    for i in range(start, len(texts)):
+        try:
+            score = _run_one(verifier, texts[i], examples[i])
+        except BaseException as exc:  # noqa: BLE001  # SystemExit and the like: still one Score per item
+            score = _error_score(exc)
+        try:
+            send.send((i, score))
+        except Exception as exc:  # noqa: BLE001  # a Score whose details cannot be pickled
+            send.send((i, Score(0.0, correct=False, error=f"verifier result could not be sent back: {exc}")))
+    send.close()
 
 
 class _Worker:

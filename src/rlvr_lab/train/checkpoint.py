@@ -8,6 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlvr_lab.faults import fault_point
+
+TRAINER_STATE = "trainer_state.pt"
+"""The file in a checkpoint folder that holds the trainer's state for an exact resume."""
+
 
 def make_run_dir(output_dir: str | Path, name: str, *, overwrite: bool) -> Path:
     """``output_dir/name``; if it exists and ``overwrite`` is off, ``name-2``, ``name-3``, ..."""
@@ -23,18 +28,31 @@ def make_run_dir(output_dir: str | Path, name: str, *, overwrite: bool) -> Path:
     return path
 
 
-def save_checkpoint(model, tokenizer, path: Path, *, meta: dict[str, Any] | None = None) -> Path:
-    """Model and tokenizer in Hugging Face format; written to a temporary folder, then renamed,
-    so a crash mid-save never leaves a half checkpoint under the final name."""
+def save_checkpoint(model, tokenizer, path: Path, *, meta: dict[str, Any] | None = None,
+                    trainer_state: dict[str, Any] | None = None) -> Path:
+    """Model and tokenizer in Hugging Face format, plus ``trainer_state.pt`` (what an exact resume needs:
+    :mod:`rlvr_lab.train.resume`) when ``trainer_state`` is given. Everything is written to a temporary
+    folder and renamed at the end, so a crash mid-save never leaves a half checkpoint under the final name
+    (a leftover ``*.tmp`` folder is never read as a checkpoint)."""
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if trainer_state is not None:
+        import torch
+
+        torch.save(trainer_state, tmp / TRAINER_STATE)
     (tmp / "rlvr_state.json").write_text(json.dumps({"saved_at": time.time(), **(meta or {})}, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
+    fault_point("checkpoint_write", int((meta or {}).get("rl_step", -1)))
+    old = path.with_name(path.name + ".old")
+    if path.exists():  # replace in two renames: the old folder is only deleted once the new one is in place
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
     tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
     return path
 
 
@@ -46,10 +64,11 @@ def step_checkpoints(folder: Path, prefix: str = "step-") -> list[Path]:
     )
 
 
-def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-") -> None:
-    """Delete all but the newest ``keep`` periodic checkpoints."""
+def prune_checkpoints(folder: Path, keep: int, prefix: str = "step-", protect: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` periodic checkpoints, never ``protect`` (the best one)."""
     for old in step_checkpoints(folder, prefix)[:-keep]:
-        shutil.rmtree(old)
+        if protect is None or old.resolve() != Path(protect).resolve():
+            shutil.rmtree(old)
 
 
 def load_weights(model, path: Path) -> None:

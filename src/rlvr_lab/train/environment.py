@@ -39,7 +39,8 @@ def build_env(cfg: Config, tokenizer, train_task, corpus: str | None):
     verifier = task_rubric(train_task.verifier(fallback=t.answer_fallback, partial_credit=t.partial_credit),
                            format_weight=t.format_weight)
     common = dict(tokenizer=tokenizer, verifier=verifier, system_prompt=cfg.model.system_prompt,
-                  use_chat_template=cfg.model.use_chat_template, timeout_s=t.verifier_timeout_s)
+                  use_chat_template=cfg.model.use_chat_template, timeout_s=t.verifier_timeout_s,
+                  isolation=t.verifier_isolation)
     if not s.enabled:
         return SingleTurnEnv(instruction=t.instruction, **common)
     from rlvr_lab.envs.search import INVALID_ACTION, SEARCH_INSTRUCTION, SearchEnv

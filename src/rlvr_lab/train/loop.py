@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.multiturn import MultiTurnGeneration
 from rlvr_lab.rollout.sampling import SamplingParams
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
+from rlvr_lab.atomic import atomic_write_text
+from rlvr_lab.diagnostics.sinks import truncate_jsonl
+from rlvr_lab.faults import fault_point
 from rlvr_lab.train.checkpoint import load_weights, make_run_dir, prune_checkpoints, save_checkpoint
 from rlvr_lab.train.environment import build_env, build_tasks
 from rlvr_lab.train.methods import (
@@ -42,6 +46,16 @@ from rlvr_lab.train.methods import (
 from rlvr_lab.diagnostics.probes import ProbeSet
 from rlvr_lab.train.observe import Observer, build_sinks, probe_batch
 from rlvr_lab.train.optim import build_optimizer, build_scheduler
+from rlvr_lab.train.resume import (
+    STATE_VERSION,
+    auto_resume_dir,
+    completed_steps,
+    config_differences,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    set_rng_state,
+)
 from rlvr_lab.train.sft import forvalue_select, supervised_warmstart
 from rlvr_lab.train.stages import old_policy_pass, sequence_advantages, shape_rewards, token_advantages
 from rlvr_lab.train.step import LossSpec, policy_update, score_tokens, step_context, token_summary
@@ -105,9 +119,13 @@ class Rollout:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, *, reporter=None):
+    def __init__(self, cfg: Config, *, reporter=None, resume_dir: Path | str | None = None):
+        """``resume_dir``: continue that run directory from its last checkpoint (:mod:`rlvr_lab.train.resume`);
+        ``cfg`` must equal the run's own config apart from the step budget and the output options."""
         self.cfg = cfg
         self.report = reporter or (lambda kind, **kw: None)
+        self.resume_dir = None if resume_dir is None else Path(resume_dir)
+        self.resume_state: dict[str, Any] | None = None
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -122,9 +140,16 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
         self.device = pick_device(cfg.run.device)
-        self.run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, overwrite=cfg.run.overwrite)
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        self.metrics = build_sinks(cfg, self.run_dir)
+        resume_step = None
+        if self.resume_dir is None and cfg.run.resume == "auto":
+            self.resume_dir, message = auto_resume_dir(cfg)
+            self.report("warning" if self.resume_dir is None and "differs" in message else "info", message=message)
+        if self.resume_dir is not None:
+            self.run_dir, resume_step = self.prepare_resume()
+        else:
+            self.run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, overwrite=cfg.run.overwrite)
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        self.metrics = build_sinks(cfg, self.run_dir, resume_step=resume_step)
         loaded = load_model_and_tokenizer(
             cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype, device=self.device, seed=cfg.run.seed
         )
@@ -134,8 +159,7 @@ class Trainer:
         # Held-out means held out: training never sees a question that is also in the eval set.
         eval_questions = set(self.eval_task.questions())
         self.train_indices = [i for i, q in enumerate(self.train_task.questions()) if q not in eval_questions]
-        if not self.train_indices:
-            raise ValueError("every training question also occurs in the eval set; use a larger task space")
+        self.check_training_pool(len(self.eval_task), len(eval_questions))
         self.engine = make_engine(self.model, self.tokenizer, cfg.rollout)
         self.methods = Methods(cfg, pad_token_id=self.engine.pad_id)
         self.spec = loss_spec(cfg)
@@ -149,16 +173,110 @@ class Trainer:
         self.sft_offset = cfg.sft.steps * cfg.sft.batch_size
         self.rounds_per_step_hint = max(1, ds.max_gen_batches) if ds.enabled else 1
         self.ref_model = None
+        self.best: dict[str, Any] | None = None  # train.keep_best: the best periodic checkpoint so far
+        self.nonfinite = {"total": 0, "streak": 0}  # skipped optimiser steps; RL steps in a row with all skipped
         self.summary: dict[str, Any] = {
             "run_dir": str(self.run_dir),
             "model": cfg.model.source,
             "task": cfg.task.name,
             "params": sum(p.numel() for p in self.model.parameters()),
             "train_questions_dropped_as_eval_duplicates": len(self.train_task) - len(self.train_indices),
+            "distinct_train_questions": self.pool["distinct_left"],
             "rollout_backend": self.engine.backend,
             "warnings": self.warnings,
         }
+        if self.resume_state is not None:
+            self.restore(self.resume_state)
         self.report("setup", summary=self.summary, config=cfg)
+
+    def check_training_pool(self, n_eval: int, n_eval_distinct: int) -> None:
+        """Data hygiene: held-out questions are removed from the training set; say how much that took and how
+        many distinct training questions are left, and refuse below ``task.min_train_questions``."""
+        cfg = self.cfg
+        questions = self.train_task.questions()
+        distinct = len({questions[i] for i in self.train_indices})
+        dropped = len(self.train_task) - len(self.train_indices)
+        self.pool = {"train_questions": len(self.train_task), "dropped_as_eval_duplicates": dropped,
+                     "distinct_left": distinct}
+        numbers = (f"{dropped:,} of {len(self.train_task):,} training questions were dropped as duplicates of the "
+                   f"{n_eval:,} held-out ones ({n_eval_distinct:,} distinct), leaving {distinct:,} distinct training questions")
+        if distinct < cfg.task.min_train_questions:
+            raise ValueError(f"{numbers}, fewer than task.min_train_questions={cfg.task.min_train_questions}: the "
+                             f"task space of {cfg.task.name!r} is too small for this held-out set; use a larger task "
+                             "space (task.config), fewer held-out questions (task.eval_size), or lower the floor")
+        per_step = cfg.train.prompts_per_step
+        if dropped > len(self.train_task) // 2 or distinct < 10 * per_step:
+            message = (f"{numbers} ({distinct / per_step:.1f} steps' worth of {per_step} prompts): the held-out set "
+                       "covers much of this task's space, so training will repeat questions often")
+            self.warnings.append(message)
+            warnings.warn(message, stacklevel=3)
+            self.report("warning", message=message)
+
+    # ---- exact resume ----------------------------------------------------------------------------
+
+    def prepare_resume(self) -> tuple[Path, int | None]:
+        """Check the run directory and the config, read the last checkpoint's state, and cut
+        ``metrics.jsonl`` back to what it held at that checkpoint. Returns (run dir, first RL step to run),
+        the step None when no checkpoint exists yet (the run starts over in the same directory)."""
+        run_dir = self.resume_dir
+        saved_config = run_dir / "config.yaml"
+        if not saved_config.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory: it holds no config.yaml")
+        import yaml
+
+        differences = config_differences(yaml.safe_load(saved_config.read_text()), self.cfg.model_dump(mode="json"))
+        if differences:
+            raise ValueError(f"cannot resume {run_dir}: the config differs from the run's in "
+                             f"{len(differences)} key(s) beyond the step budget and output options:\n  "
+                             + "\n  ".join(differences))
+        checkpoint = latest_checkpoint(run_dir)
+        done = completed_steps(run_dir)
+        if done is not None and (checkpoint is None or done >= self.cfg.train.steps):
+            raise ValueError(f"nothing to resume in {run_dir}: it completed {done} RL steps"
+                             + ("" if checkpoint else " and kept no periodic checkpoint to continue from")
+                             + f" (train.steps={self.cfg.train.steps})")
+        self.resume_state = None if checkpoint is None else load_trainer_state(checkpoint)
+        if checkpoint is None:  # killed before its first checkpoint: start over in the same directory
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        if self.resume_state is not None:
+            self.resume_state["checkpoint"] = str(checkpoint)
+        keep = 0 if self.resume_state is None else self.resume_state["metrics_lines"]
+        metrics = run_dir / "metrics.jsonl"
+        dropped, torn = truncate_jsonl(metrics, keep) if metrics.exists() else (0, False)
+        where = f"RL step {self.resume_state['step']} ({checkpoint})" if checkpoint else "the start (no checkpoint yet)"
+        message = f"resuming {run_dir} from {where}: {dropped} later line(s) of metrics.jsonl dropped and rerun"
+        if torn:
+            message += "; its last line was cut off mid-write and is dropped"
+        self.report("warning", message=message)
+        if torn:
+            warnings.warn(message, stacklevel=3)
+        return run_dir, None if self.resume_state is None else self.resume_state["step"] + 1
+
+    def trainer_state(self, step: int, optimizer, scheduler) -> dict[str, Any]:
+        """Everything beyond the weights that the next step depends on (:mod:`rlvr_lab.train.resume`)."""
+        return {
+            "version": STATE_VERSION, "step": step, "metrics_lines": self.metrics.sinks[0].lines,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state(self.generator), "summary": copy.deepcopy(self.summary),
+            "warnings": list(self.warnings), "methods": self.methods.state_dict(),
+            "observer": self.observer.state_dict(), "best": self.best, "nonfinite": dict(self.nonfinite),
+            "reference": None if self.ref_model is None else self.ref_model.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The weights and the non-optimiser state of ``state``'s checkpoint (the optimiser, scheduler and
+        generators are restored in :meth:`run`, once they exist)."""
+        load_weights(self.model, Path(state["checkpoint"]))
+        self.methods.load_state_dict(state["methods"])
+        self.observer.load_state_dict(state["observer"], self.engine.pad_id)
+        if state["reference"] is not None:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.ref_model.load_state_dict(state["reference"])
+        resumes = [*state["summary"].get("resumed", []), {"from_step": state["step"], "checkpoint": state["checkpoint"]}]
+        self.summary = {**state["summary"], "resumed": resumes}
+        self.warnings = list(state["warnings"])
+        self.best = state["best"]
+        self.nonfinite = dict(state["nonfinite"])
 
     def train_examples(self, n: int, offset: int) -> list[dict[str, Any]]:
         """``n`` training examples from position ``offset`` on, cycling over the decontaminated set."""
@@ -302,6 +420,7 @@ class Trainer:
             seed=self.cfg.run.seed * 1_000_003 + step * 1009 + round_, temperature_fn=self.methods.temperature_fn(),
         )
         generate_s = time.perf_counter() - t0
+        fault_point("rollout", step)
         repeated = [ex for ex in examples for _ in range(G)]
         scores = self.env.score(gen.texts, repeated)
         rewards = torch.tensor([s.value for s in scores], dtype=torch.float32)
@@ -458,9 +577,41 @@ class Trainer:
         if self.cfg.algorithm.kl.coef > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
-    def save(self, name: str, step: int) -> Path:
+    def save(self, name: str, step: int, trainer_state: dict[str, Any] | None = None) -> Path:
         return save_checkpoint(self.model, self.tokenizer, self.run_dir / "checkpoints" / name,
-                               meta={"rl_step": step, "config": self.cfg.model_dump(mode="json")})
+                               meta={"rl_step": step, "config": self.cfg.model_dump(mode="json")},
+                               trainer_state=trainer_state)
+
+    def count_nonfinite(self, step: int, record: dict[str, Any]) -> bool:
+        """The non-finite guard: an optimiser step whose loss or gradient is NaN or Inf is skipped (the weights
+        and the optimiser state stay as they were); count them in ``train/skipped_steps``, warn when a whole RL
+        step was skipped, and return True after ``train.max_nonfinite_steps`` such steps in a row (stop)."""
+        skipped, taken = record.get("policy/skipped_steps", 0.0), record.get("policy/optimizer_steps", 0.0)
+        self.nonfinite["total"] += int(skipped)
+        self.nonfinite["streak"] = self.nonfinite["streak"] + 1 if taken and skipped >= taken else 0
+        record["train/skipped_steps"] = float(self.nonfinite["total"])
+        if self.nonfinite["streak"]:
+            self.report("warning", message=f"step {step}: every update skipped for a non-finite loss or gradient "
+                                           f"({self.nonfinite['streak']} step(s) in a row)")
+        limit = self.cfg.train.max_nonfinite_steps
+        return bool(limit) and self.nonfinite["streak"] >= limit
+
+    def periodic_checkpoint(self, step: int, record: dict[str, Any], optimizer, scheduler) -> None:
+        """``checkpoints/step-N`` with the trainer state for an exact resume; keeps the newest
+        ``train.keep_checkpoints`` and, with ``train.keep_best``, the best one by that metric."""
+        tcfg = self.cfg.train
+        path = self.run_dir / "checkpoints" / f"step-{step}"
+        if tcfg.keep_best is not None:
+            value = record.get(tcfg.keep_best.metric)
+            maximise = tcfg.keep_best.mode == "max"
+            if value is not None and math.isfinite(value) and (
+                self.best is None or (value > self.best["value"] if maximise else value < self.best["value"])
+            ):
+                self.best = {"metric": tcfg.keep_best.metric, "value": float(value), "step": step, "path": str(path)}
+                self.summary["best_checkpoint"] = self.best
+        self.save(path.name, step, trainer_state=self.trainer_state(step, optimizer, scheduler))
+        prune_checkpoints(self.run_dir / "checkpoints", tcfg.keep_checkpoints,
+                          protect=None if self.best is None else Path(self.best["path"]))
 
     def write_report(self) -> None:
         """RUN_DIR/report.html from what the run wrote; a failure here is a warning, never the run's error."""
@@ -469,7 +620,7 @@ class Trainer:
         try:
             from rlvr_lab.diagnostics.report import write_report
 
-            (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(self.summary, indent=2, default=float))
             self.summary["report"] = str(write_report([self.run_dir]))
         except Exception as exc:  # noqa: BLE001 - the report must not hide the run's own outcome
             message = f"could not write the report: {type(exc).__name__}: {exc}"
@@ -493,6 +644,7 @@ class Trainer:
             record.update(self.observer.before_update(batch))
             record.update(advantage_summary(batch))
             record.update(self.update(batch, step, optimizer, scheduler))
+            fault_point("update", step)
             if self.observer.wants_displacement(step):
                 record.update(self.observer.displacement(batch, self.rescore(batch)))
         if self.observer.wants_probe(step):
@@ -504,21 +656,29 @@ class Trainer:
         if not hasattr(self, "run_dir"):
             self.setup()
         cfg, tcfg = self.cfg, self.cfg.train
-        step = 0
+        state = self.resume_state
+        step = 0 if state is None else state["step"]
         status = "completed"
         try:
-            self.warm_start()
-            if cfg.eval.enabled:
-                self.evaluate("before_rl", 0)
-            self.make_probes()
-            self.freeze_reference()
+            if state is None:
+                self.warm_start()
+                if cfg.eval.enabled:
+                    self.evaluate("before_rl", 0)
+                self.make_probes()
+                self.freeze_reference()
             opt = tcfg.optim
-            optimizer = build_optimizer(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas)
+            optimizer = build_optimizer(self.model, lr=opt.lr, weight_decay=opt.weight_decay, betas=opt.betas,
+                                        name=opt.name)
             total_opt_steps = tcfg.steps * tcfg.minibatches * tcfg.epochs
             scheduler = build_scheduler(optimizer, warmup_steps=opt.warmup_steps, total_steps=total_opt_steps, schedule=opt.schedule)
-            for step in range(1, tcfg.steps + 1):
+            if state is not None:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                set_rng_state(state["rng"], self.generator)
+            for step in range(step + 1, tcfg.steps + 1):
                 record, samples = self.rl_step(step, optimizer, scheduler)
                 record["optim/lr"] = scheduler.get_last_lr()[0]
+                nonfinite = self.count_nonfinite(step, record)
                 for message in self.methods.inactivity(step, record):
                     self.warnings.append(message)
                     self.report("warning", message=message)
@@ -528,11 +688,15 @@ class Trainer:
                 if stop:
                     status = f"stopped by the phase detector at RL step {step}: {record['phase/label']}"
                     break
+                if nonfinite:
+                    self.summary["nonfinite_checkpoint"] = str(self.save(f"nonfinite-step-{step}", step))
+                    status = (f"stopped at RL step {step}: {self.nonfinite['streak']} consecutive steps with a "
+                              "non-finite loss or gradient (every update skipped; the checkpoint holds the last good weights)")
+                    break
                 if cfg.eval.enabled and cfg.eval.every and step % cfg.eval.every == 0 and step < tcfg.steps:
                     self.evaluate(f"step_{step}", step)
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-                    self.save(f"step-{step}", step)
-                    prune_checkpoints(self.run_dir / "checkpoints", tcfg.keep_checkpoints)
+                    self.periodic_checkpoint(step, record, optimizer, scheduler)
             if cfg.eval.enabled:
                 self.evaluate("after_rl", step)
             self.summary["final_checkpoint"] = str(self.save("final", step))
@@ -547,7 +711,7 @@ class Trainer:
             if hasattr(self, "run_dir"):
                 self.metrics.close()
                 self.write_report()
-                (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
+                atomic_write_text(self.run_dir / "summary.json", json.dumps(self.summary, indent=2, default=float))
             self.report("done", summary=self.summary)
         return self.summary
 

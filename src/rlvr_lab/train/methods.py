@@ -255,6 +255,14 @@ class Methods:
         self.spear = None if algo.spear is None else Spear(algo.spear, pad_token_id=pad_token_id)
         self.idle: dict[str, int] = {}  # acts_on metric -> consecutive steps at 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """What changes from step to step (an exact resume restores it): HAPO's entropy statistics, SPEAR's
+        replay buffer and baseline history, the inactivity counters. Plain objects, saved with torch.save."""
+        return {"adaptive": self.adaptive, "spear": self.spear, "idle": dict(self.idle)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adaptive, self.spear, self.idle = state["adaptive"], state["spear"], dict(state["idle"])
+
     def _needs(self, what: str) -> list[tuple[Entry, dict[str, Any]]]:
         return components_needing(self.cfg, what)
 

@@ -35,8 +35,9 @@ from rlvr_lab.train.batching import supervised_batch
 from rlvr_lab.types import Batch
 
 
-def build_sinks(cfg: Config, run_dir: Path) -> Sinks:
-    """``metrics.jsonl`` first (the run's record), then the enabled mirrors."""
+def build_sinks(cfg: Config, run_dir: Path, *, resume_step: int | None = None) -> Sinks:
+    """``metrics.jsonl`` first (the run's record), then the enabled mirrors. ``resume_step``: the first RL
+    step of a resumed run (TensorBoard drops the events it had from there on)."""
     obs = cfg.observe
     if obs.wandb.enabled:
         require("wandb", "wandb")
@@ -45,7 +46,7 @@ def build_sinks(cfg: Config, run_dir: Path) -> Sinks:
     sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl")]
     if obs.tensorboard:
         require("tensorboard", "dev")
-        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+        sinks.append(TensorBoardSink(run_dir / "tensorboard", purge_step=resume_step))
     if obs.wandb.enabled:
         sinks.append(WandbSink(project=obs.wandb.project, mode=obs.wandb.mode, dir=run_dir, name=cfg.run.name,
                                entity=obs.wandb.entity, config=cfg.model_dump(mode="json")))
@@ -118,6 +119,15 @@ class Observer:
         self.probes = probes
         self._probe_batch = probe_batch(probes, pad_id)
         return probes
+
+    def state_dict(self) -> dict[str, Any]:
+        """The phase detector (its window and debounce counters) and the probe set with its reference
+        log-probs: what an exact resume restores."""
+        return {"detector": self.detector, "probes": self.probes}
+
+    def load_state_dict(self, state: dict[str, Any], pad_id: int) -> None:
+        self.detector, self.probes = state["detector"], state["probes"]
+        self._probe_batch = None if self.probes is None else probe_batch(self.probes, pad_id)
 
     @property
     def probe_inputs(self) -> Batch | None:

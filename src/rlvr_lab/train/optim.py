@@ -1,4 +1,5 @@
-"""AdamW with linear warmup and an optional decay, and global-norm gradient clipping."""
+"""The optimiser (AdamW, or Muon / SpecGD from :mod:`rlvr_lab.optim`) with linear warmup and an optional
+decay, and global-norm gradient clipping."""
 
 from __future__ import annotations
 
@@ -6,8 +7,29 @@ import math
 
 import torch
 
+OPTIMIZERS = ("adamw", "muon", "specgd")
+"""Names of ``train.optim.name`` / ``sft.optim.name``."""
 
-def build_optimizer(params, *, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+
+def build_optimizer(params, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                    name: str = "adamw") -> torch.optim.Optimizer:
+    """The optimiser ``name`` over ``params`` (an ``nn.Module`` or an iterable of tensors).
+
+    ``adamw``: AdamW on every trainable parameter. ``muon`` / ``specgd``: that spectral step on the hidden
+    weight matrices and AdamW on the rest (:func:`rlvr_lab.optim.build_matrix_optimizer`), which needs the
+    module to tell embeddings and the LM head from hidden matrices.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if name != "adamw":
+        if not isinstance(params, torch.nn.Module):
+            raise ValueError(f"optimiser {name!r} needs the model (an nn.Module) to split its parameters, "
+                             "not a list of tensors")
+        from rlvr_lab.optim import build_matrix_optimizer
+
+        return build_matrix_optimizer(params, name, lr=lr, weight_decay=weight_decay, betas=betas)
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
     params = [p for p in params if p.requires_grad]
     # foreach=False keeps peak memory low on CPU; fused kernels are only used on CUDA.
     fused = bool(params) and params[0].is_cuda

@@ -124,7 +124,8 @@ def supervised_warmstart(
     """
     targets = targets or template_targets(tokenizer, target_template)
     loss_fn = SFT_LOSSES[loss]
-    optimizer = build_optimizer(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
+    optimizer = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas,
+                                name=optim.name)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, total_steps=steps, schedule=optim.schedule)
     pad = tokenizer.pad_token_id
     history = []

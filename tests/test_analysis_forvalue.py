@@ -452,3 +452,68 @@ def test_trainer_warm_starts_on_the_selected_examples_only(tmp_path, monkeypatch
     kept_questions = [trainer.train_task[r["train_index"]]["question"] for r in kept]
     assert seen == kept_questions * 2  # 3 steps x 4 examples cycle over the 6 kept ones in training order
     assert all(r["train_index"] not in trainer.train_indices[-6:] for r in rows)  # validation examples are not selected
+
+
+# ---- scripts/forvalue_mislabel.py: the sentiment mislabel set --------------------------------------------------------
+
+
+def _mislabel_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "forvalue_mislabel", Path(__file__).resolve().parents[1] / "scripts" / "forvalue_mislabel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sentiment_sets_are_deterministic_balanced_disjoint_and_flip_exactly_the_fraction():
+    script = _mislabel_script()
+    train, val = script.sentiment_sets(3, 25, 7, 0.2)
+    assert (train, val) == script.sentiment_sets(3, 25, 7, 0.2)  # the seed fixes everything
+    assert train != script.sentiment_sets(4, 25, 7, 0.2)[0]
+    assert len(train) == 25 and len(val) == 7
+    assert sum(r["corrupted"] for r in train) == 5 and not any(r["corrupted"] for r in val)
+    for row in train + val:
+        assert row["true_label"] in script.LABELS and row["text"] in script.sentiment_sentences(row["true_label"])
+        assert (row["label"] != row["true_label"]) == row["corrupted"]
+    for rows in (train, val):  # balanced by true label (an odd count differs by one)
+        positives = sum(r["true_label"] == "positive" for r in rows)
+        assert abs(2 * positives - len(rows)) <= 1
+    texts = [r["text"] for r in train + val]
+    assert len(set(texts)) == len(texts)  # distinct sentences, train and val disjoint
+    assert sum(r["corrupted"] for r in script.sentiment_sets(0, 10, 2, 0.0)[0]) == 0
+    assert all(r["corrupted"] for r in script.sentiment_sets(0, 10, 2, 1.0)[0])
+    with pytest.raises(ValueError, match="fraction"):
+        script.sentiment_sets(0, 10, 2, 1.5)
+    with pytest.raises(ValueError, match="distinct"):
+        script.sentiment_sets(0, 2 * len(script.sentiment_sentences("positive")), 2, 0.2)
+
+
+def test_sentiment_rows_score_only_the_label_with_the_runner(tiny, tmp_path):
+    from rlvr_lab.analysis.value import ValueSettings, encode_sample, run_value
+
+    script = _mislabel_script()
+    labels, clean = script.write_sentiment_sets(tmp_path, tiny.tokenizer, 1, 6, 2, 0.5)
+    assert labels == [int(json.loads(line)["corrupted"]) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert sum(labels) == 3 and len(clean) == 8 and not any(r["corrupted"] for r in clean)
+    row = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert row["prompt"].endswith(script.SENTIMENT_LEAD) and row["text"] in row["prompt"]
+    assert row["response"] == " " + row["label"]
+    _, response_ids, _ = encode_sample(tiny.tokenizer, "prompt", row["prompt"], row["response"], ValueSettings())
+    assert response_ids == tiny.tokenizer(" " + row["label"], add_special_tokens=False)["input_ids"]  # no EOS, no wrapper
+    summary = run_value(tmp_path / "train.jsonl", tmp_path / "val.jsonl", "tiny", ValueSettings(reduce="pairwise", top_k=0),
+                        out_dir=tmp_path / "out", loaded=tiny)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    assert summary["n_train"] == 6 and summary["n_val"] == 2
+    train_rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["n_tokens"] for r in rows] == [len(tiny.tokenizer(r["response"], add_special_tokens=False)["input_ids"])
+                                             for r in train_rows]
+    assert all(len(r["pairwise"]) == 2 and r["score"] == pytest.approx(sum(r["pairwise"]) / 2, rel=1e-5, abs=1e-6)
+               for r in rows)
+    with pytest.raises(ValueError, match="tokens; the accuracy check needs one"):  # it reads one position per label
+        script.label_accuracy(tiny, clean)
+    h = torch.randn(4, 3)
+    sim = script.class_similarity(h[:2], h[2:], ["positive", "negative"], ["positive", "positive"])
+    assert sim["dot_same_class"] == pytest.approx(float(h[0] @ (h[2] + h[3])) / 2, rel=1e-5)
+    assert sim["dot_other_class"] == pytest.approx(float(h[1] @ (h[2] + h[3])) / 2, rel=1e-5)

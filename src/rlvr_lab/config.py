@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -235,7 +236,12 @@ class DynamicSamplingConfig(_Strict):
 
 
 def _check_component(comp: NamedComponent, registry, where: str) -> None:
-    registry.entry(comp.name).check_params(comp.params, where=where)
+    """``where`` is the component's ``.params`` key; an unknown name is reported at its ``.name`` key."""
+    try:
+        entry = registry.entry(comp.name)
+    except ValueError as exc:
+        raise ValueError(f"{where.removesuffix('.params')}.name: {exc}") from None
+    entry.check_params(comp.params, where=where)
 
 
 class SpearToolcallConfig(_Strict):
@@ -358,7 +364,10 @@ class AlgorithmConfig(_Strict):
     def _check_names(self) -> AlgorithmConfig:
         for where, registry, comp in self.components():
             _check_component(comp, registry, f"{where}.params")
-        AGGREGATORS.entry(self.aggregation)
+        try:
+            AGGREGATORS.entry(self.aggregation)
+        except ValueError as exc:
+            raise ValueError(f"algorithm.aggregation: {exc}") from None
         return self
 
     def components(self) -> list[tuple[str, Registry, NamedComponent]]:
@@ -412,7 +421,8 @@ class SFTLossConfig(_Strict):
                     f"sft.loss.params: unknown parameter {key!r} for {self.name!r}; allowed: {list(allowed) or 'none'}"
                 )
         k, w_max = self.params.get("k", 0), self.params.get("w_max", 1.0)
-        if not isinstance(k, int) or k < 0 or not w_max > 0:
+        w_max_ok = isinstance(w_max, (int, float)) and w_max > 0  # a string would raise TypeError, not name the key
+        if not isinstance(k, int) or k < 0 or not w_max_ok:
             raise ValueError(f"sft.loss.params: div_prec needs an int k >= 0 and w_max > 0, got k={k!r}, w_max={w_max!r}")
         return self
 
@@ -778,15 +788,28 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config 'extends' cycle: {' -> '.join(map(str, seen + (path,)))}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # PyYAML's int() of a number over Python's 4300-digit limit
+        raise ConfigError(f"{path}: not usable YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     parents = data.pop("extends", None) or []
     if isinstance(parents, str):
         parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(parent, str) for parent in parents):
+        raise ConfigError(f"{path}: extends: must be a config file or preset name, or a list of them "
+                          f"(got {_short_repr(parents)})")
     merged: dict[str, Any] = {}
     for parent in parents:
         merged = deep_merge(merged, _read_yaml(resolve_config_file(parent, path.parent), seen + (path,)))
@@ -802,7 +825,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # also an over-long int or too deep a nesting
         value = raw
     return key.split("."), value
 
@@ -814,18 +837,34 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> dict[st
     return deep_merge(data, top)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 160
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 6
+_SHORT.maxlevel = 2
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` in at most ``limit`` characters, however large or deeply shared the value (YAML
+    aliases can make a small file a huge one): an error names the bad value, it never dumps it."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int over Python's 4300-digit limit has no repr
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key (value {err['input']!r})")
+            lines.append(f"  {loc}: unknown key (value {_short_repr(err['input'])})")
         elif isinstance(err.get("input"), (dict, list)):  # a model-level check: the message names the keys
             named = loc == "<top level>" or msg.startswith((f"{loc}.", f"{loc}["))
             lines.append(f"  {msg}" if named else f"  {loc}: {msg}")
         else:
-            lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+            lines.append(f"  {loc}: {msg} (got {_short_repr(err.get('input'))})")
     return "invalid config:\n" + "\n".join(lines)
 
 

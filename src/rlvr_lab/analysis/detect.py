@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlvr_lab.jsonl import json_object
+from rlvr_lab.jsonl import json_object, read_lines
 
 METHODS: tuple[str, ...] = ("lastde", "lastde_pp", "loglik", "logrank")
 METHOD_TITLES = {"lastde": "Lastde", "lastde_pp": "Lastde++", "loglik": "log-likelihood", "logrank": "log-rank"}
@@ -148,21 +148,20 @@ def load_texts(path: str | os.PathLike[str]) -> list[DetectText]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     texts: list[DetectText] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            row = json_object(line, where)
-            text = row.get("text")
-            if not isinstance(text, str):
-                raise ValueError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
-            label = row.get("label")
-            if label is not None and (isinstance(label, bool) or label not in (0, 1)):
-                raise ValueError(f"{where}: field 'label' must be 0 (human) or 1 (machine), got {label!r}")
-            source = row.get("source")
-            texts.append(DetectText(len(texts), text, None if label is None else int(label),
-                                    None if source is None else str(source)))
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        row = json_object(line, where)
+        text = row.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
+        label = row.get("label")
+        if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+            raise ValueError(f"{where}: field 'label' must be 0 (human) or 1 (machine), got {label!r:.80}")
+        source = row.get("source")
+        texts.append(DetectText(len(texts), text, None if label is None else int(label),
+                                None if source is None else str(source)))
     if not texts:
         raise ValueError(f"{path}: no texts (the file is empty)")
     return texts

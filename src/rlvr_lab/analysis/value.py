@@ -46,7 +46,7 @@ from rlvr_lab.analysis.forvalue import (
     forvalue_score_factors,
     score_against_mean,
 )
-from rlvr_lab.jsonl import json_object
+from rlvr_lab.jsonl import json_object, read_lines
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -176,25 +176,23 @@ def read_samples(path: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBas
     if not path.is_file():
         raise ValueInputError(f"{path}: no such file")
     index = 0
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json_object(line, where)
-            except ValueError as exc:
-                raise ValueInputError(str(exc)) from None
-            shape, first, second = sample_texts(row, where)
-            prompt_ids, response_ids, truncated = encode_sample(tokenizer, shape, first, second, settings)
-            yield Sample(prompt_ids, response_ids, index=index, line=number, row=row, truncated=truncated)
-            index += 1
+    for number, line in enumerate(read_lines(path, error=ValueInputError), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json_object(line, where)
+        except ValueError as exc:
+            raise ValueInputError(str(exc)) from None
+        shape, first, second = sample_texts(row, where)
+        prompt_ids, response_ids, truncated = encode_sample(tokenizer, shape, first, second, settings)
+        yield Sample(prompt_ids, response_ids, index=index, line=number, row=row, truncated=truncated)
+        index += 1
 
 
 def count_samples(path: str | os.PathLike[str]) -> int:
     """Non-blank lines of a file (the progress bar's total)."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+    return sum(1 for line in read_lines(path, error=ValueInputError) if line.strip())
 
 
 # ---- forward pass ---------------------------------------------------------------------------------------------

@@ -590,6 +590,22 @@ def _notes(runs: Sequence[RunLog], figures: ReportFigures) -> list[str]:
     return notes
 
 
+def page_head(title: str, generator: str, extra_css: str = "") -> str:
+    """The start of a self-contained page up to ``</head>``: the report's CSS (plus ``extra_css``) and
+    plotly.js inline, so the page opens from disk with no network. Shared by the run report, the sweep
+    comparison and the testbed reports."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="rlvr-lab {generator}">
+<title>{html.escape(title)}</title>
+<style>{CSS}{extra_css}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>"""
+
+
 def render_html(runs: Sequence[RunLog], title: str | None = None) -> str:
     """The whole report page as one string, plotly.js included."""
     figures = build_figures(runs)
@@ -604,16 +620,7 @@ def render_html(runs: Sequence[RunLog], title: str | None = None) -> str:
     grid_html = "".join(card_html(c) for c in figures.cards if not c.wide) or (
         '<p class="muted">No per-step metrics recorded yet.</p>')
     notes = "".join(f"<li>{note}</li>" for note in _notes(runs, figures))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="rlvr-lab report">
-<title>{html.escape(title)}</title>
-<style>{CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
+    return f"""{page_head(title, "report")}
 <body data-figures="{len(figures.cards)}" data-runs="{len(runs)}">
 <main>
 <header>

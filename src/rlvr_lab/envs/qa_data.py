@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlvr_lab.jsonl import json_object
+from rlvr_lab.jsonl import json_object, read_lines
 
 ANSWER_FIELDS: tuple[str, ...] = ("golden_answers", "answers", "answer")
 """Where gold answers are looked for, in order."""
@@ -54,7 +54,7 @@ def qa_example(row: Mapping[str, Any], *, default_id: str) -> dict[str, Any]:
     """One row as ``{"question", "answers", "id", "metadata"}``; raises ValueError saying what is wrong."""
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"needs a non-empty string 'question', got {question!r}")
+        raise ValueError(f"needs a non-empty string 'question', got {question!r:.80}")
     field = next((name for name in ANSWER_FIELDS if row.get(name) is not None), None)
     if field is None:
         raise ValueError(f"needs gold answers in one of {', '.join(ANSWER_FIELDS)}; got fields {sorted(row)}")
@@ -62,7 +62,7 @@ def qa_example(row: Mapping[str, Any], *, default_id: str) -> dict[str, Any]:
     if _is_scalar_answer(golds):
         golds = [golds]
     if not isinstance(golds, (list, tuple)) or not golds or not all(map(_is_scalar_answer, golds)):
-        raise ValueError(f"{field!r} must be a string or a non-empty list of strings, got {golds!r}")
+        raise ValueError(f"{field!r} must be a string or a non-empty list of strings, got {golds!r:.80}")
     skip = {"question", "id", field}
     return {
         "question": question.strip(),
@@ -79,12 +79,11 @@ def _is_scalar_answer(value: Any) -> bool:
 
 def jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``("<path>:<line>", row)`` for each non-blank line."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            yield where, json_object(line, where)
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        yield where, json_object(line, where)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

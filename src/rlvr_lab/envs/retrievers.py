@@ -15,8 +15,10 @@ on disk. ``HttpRetriever`` speaks the request/response shape of Search-R1's retr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -116,9 +118,9 @@ def safe_search(
 ) -> list[str]:
     """``format_passages`` of each query's results, or ``RETRIEVAL_FAILED`` for every query when the call fails.
 
-    Any exception from the retriever (and a result with the wrong number of lists) counts as a
-    failure in ``stats`` and is logged as a warning with its message; the rollout goes on. Wrap each
-    returned text with ``information_observation``.
+    Any exception from the retriever (and a result with the wrong number of lists, or lists of anything
+    but passages) counts as a failure in ``stats`` and is logged as a warning with its message; the
+    rollout goes on. Wrap each returned text with ``information_observation``.
     """
     queries = list(queries)
     if stats is not None:
@@ -130,6 +132,7 @@ def safe_search(
         results = retriever.search(queries, k)
         if len(results) != len(queries):
             raise RetrievalError(f"retriever returned {len(results)} result lists for {len(queries)} queries")
+        texts = [format_passages(passages) for passages in results]  # a list of something else fails here
     except Exception as exc:  # noqa: BLE001  # any retriever failure becomes an observation, counted below
         error = f"{type(exc).__name__}: {exc}"
         logger.warning("retrieval failed for %d queries: %s", len(queries), error)
@@ -138,7 +141,7 @@ def safe_search(
             stats.failed_queries += len(queries)
             stats.last_error = error
         return [RETRIEVAL_FAILED] * len(queries)
-    return [format_passages(passages) for passages in results]
+    return texts
 
 
 # --- corpus ----------------------------------------------------------------------------------
@@ -194,6 +197,11 @@ def passage_from_document(document: Mapping[str, Any], *, default_id: str = "", 
         raise ValueError(f"a passage needs 'text' (and optionally 'title') or 'contents'; got keys {sorted(document)}")
     if not isinstance(title, str) or not isinstance(text, str):
         raise ValueError(f"'title' and 'text' must be strings, got {type(title).__name__} and {type(text).__name__}")
+    for name, value in (("title", title), ("text", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a JSON "\ud800" escape: no tokenizer could encode the observation
+            raise ValueError(f"{name!r} holds a lone UTF-16 surrogate") from None
     return Passage(id=doc_id, title=title, text=text.strip(), score=score)
 
 
@@ -341,6 +349,11 @@ class HttpRetriever:
     Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries`` times with exponential
     backoff (``backoff_s``, doubled each time, at most ``max_backoff_s``); other HTTP errors and
     malformed answers are not. Every failure raises ``RetrievalError`` naming the endpoint.
+
+    ``timeout_s`` bounds each attempt as a whole, not only each socket wait: every read of an ``http://``
+    answer (status line, headers, body) gets only the time left before the attempt's deadline, so a service
+    that trickles its answer times out too (over ``https://`` the body is bounded so, the headers per read).
+    A body over ``max_response_bytes`` is refused.
     """
 
     def __init__(
@@ -351,6 +364,7 @@ class HttpRetriever:
         retries: int = 2,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        max_response_bytes: int = 64 << 20,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retrieval url must start with http:// or https://, got {url!r}")
@@ -364,6 +378,8 @@ class HttpRetriever:
         self.endpoint = url if url.endswith("/retrieve") else f"{url}/retrieve"
         self.timeout_s, self.retries = timeout_s, retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.max_response_bytes = max_response_bytes
+        self._opener = urllib.request.build_opener(_DeadlineHTTPHandler(), _DeadlineRedirectHandler())
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if not isinstance(k, int) or k < 1:
@@ -374,11 +390,11 @@ class HttpRetriever:
         body = self._post({"queries": queries, "topk": k, "return_scores": True})
         try:
             answer = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an over-long int, too deep a nesting
             raise RetrievalError(f"retrieval service {self.endpoint} answered malformed JSON: {body[:200]!r}") from exc
         try:
             return [ranked[:k] for ranked in _parse_results(answer, len(queries))]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # OverflowError: float() of a huge int score
             raise RetrievalError(f"retrieval service {self.endpoint} answered an unexpected shape: {exc}") from exc
 
     def _post(self, payload: Mapping[str, Any]) -> bytes:
@@ -389,11 +405,15 @@ class HttpRetriever:
             request = urllib.request.Request(
                 self.endpoint, data=data, headers={"Content-Type": "application/json"}, method="POST"
             )
+            request.deadline = deadline = time.monotonic() + self.timeout_s  # read by _DeadlineHTTPHandler
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return response.read()
+                with self._opener.open(request, timeout=self.timeout_s) as response:
+                    return self._read_body(response, deadline=deadline)
             except urllib.error.HTTPError as exc:
-                detail = exc.read()[:200]
+                try:
+                    detail = exc.read(200)  # not the whole body: a 4xx or 5xx page may be large or slow
+                except (http.client.HTTPException, OSError):  # a body cut short or timed out
+                    detail = b""
                 if exc.code != 429 and exc.code < 500:
                     message = f"retrieval service {self.endpoint} answered HTTP {exc.code}: {detail!r}"
                     raise RetrievalError(message) from exc
@@ -407,6 +427,74 @@ class HttpRetriever:
         raise RetrievalError(
             f"retrieval service {self.endpoint} failed after {attempts} attempt(s): {_describe(error)}"
         ) from error
+
+    def _read_body(self, response: Any, *, deadline: float) -> bytes:
+        """The body, read a socket chunk at a time: a TimeoutError past ``deadline`` (retried like any
+        timeout), a RetrievalError past ``max_response_bytes`` (not retried)."""
+        chunks, size = [], 0
+        while chunk := response.read1(1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise RetrievalError(
+                    f"retrieval service {self.endpoint} answered more than {self.max_response_bytes} bytes"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer took longer than {self.timeout_s:g}s")
+        return b"".join(chunks)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each allowed only the time left before ``deadline`` (a per-read timeout alone lets
+    a service that sends a byte now and then hold the client forever)."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+        self._file = sock.makefile("rb", buffering=0)  # holds the socket open after the connection lets go
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self._sock.settimeout(remaining)
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock: Any, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _DeadlineConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's ``http://`` handler with every read of the answer bounded by ``request.deadline``."""
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineConnection, deadline=req.deadline), req)
+
+
+class _DeadlineRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """A redirect keeps the attempt's deadline."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201  # urllib's signature
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.deadline = req.deadline
+        return new
 
 
 def _describe(error: Exception) -> str:

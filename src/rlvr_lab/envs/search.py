@@ -43,7 +43,11 @@ INVALID_ACTION = (
     "To give the final answer, I should put it between <answer> and </answer>. Let me try again.\n"
 )
 
-_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_ACTION_OPEN = re.compile(r"<(search|answer)>")
+
+# More characters than any one token of the vocabularies in use spans (a few dozen at most), so cutting an
+# observation at max_obs_tokens times this leaves its first max_obs_tokens tokens as they were.
+_MAX_CHARS_PER_TOKEN = 64
 
 
 def parse_action(text: str) -> tuple[str, str]:
@@ -52,13 +56,34 @@ def parse_action(text: str) -> tuple[str, str]:
     The first complete block wins (Search-R1's parser). A search whose query is empty or holds a
     protocol tag is ``invalid`` (its content is still returned, for logging).
     """
-    m = _ACTION.search(text)
-    if m is None:
+    block = _first_block(text)
+    if block is None:
         return "invalid", ""
-    kind, content = m.group(1), m.group(2).strip()
+    kind, content = block[0], block[1].strip()
     if kind == "search" and (not content or any(f"<{t}>" in content or f"</{t}>" in content for t in PROTOCOL_TAGS)):
         return "invalid", content
     return kind, content
+
+
+def _first_block(text: str) -> tuple[str, str] | None:
+    """``(kind, raw content)`` of the first ``<search>…</search>`` or ``<answer>…</answer>``, or None.
+
+    What ``re.search(r"<(search|answer)>(.*?)</\\1>", text, re.DOTALL)`` finds, in linear time: that
+    regex rescans the rest of the text from every unclosed opening tag (15 s for 100 kB of ``<search>``).
+    Once one opening tag of a kind has no close after it, no later one of that kind has either.
+    """
+    unclosed: set[str] = set()
+    for opening in _ACTION_OPEN.finditer(text):
+        kind = opening.group(1)
+        if kind in unclosed:
+            continue
+        end = text.find(f"</{kind}>", opening.end())
+        if end != -1:
+            return kind, text[opening.end() : end]
+        unclosed.add(kind)
+        if len(unclosed) == 2:
+            break
+    return None
 
 
 @dataclass
@@ -105,7 +130,12 @@ class SearchEnv:
         return ToolReply(done=True, counts={name: 1.0})
 
     def _truncate(self, text: str) -> str:
-        """At most ``max_obs_tokens`` tokens of passage text (cut before wrapping, so the closing tag survives)."""
+        """At most ``max_obs_tokens`` tokens of passage text (cut before wrapping, so the closing tag survives).
+
+        Characters far past the budget are dropped before encoding: a 10 MB answer took the character
+        tokenizer 40 s to encode in full, and only its first ``max_obs_tokens`` tokens are ever kept.
+        """
+        text = text[: self.max_obs_tokens * _MAX_CHARS_PER_TOKEN]
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) <= self.max_obs_tokens:
             return text

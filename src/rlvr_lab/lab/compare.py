@@ -41,18 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
 from rlvr_lab.diagnostics.report import (
-    CSS,
     PLOT_HEIGHT,
     RUN_COLOURS,
     Card,
     base_layout,
     card_html,
     fade,
-    plotly_text,
+    page_head,
     phase_timeline,
+    plotly_text,
 )
 from rlvr_lab.diagnostics.runlog import RunDirError, RunLog, load_run
 from rlvr_lab.eval.intervals import (  # noqa: F401 - re-exported: the comparison's statistics
@@ -696,16 +695,7 @@ def render_html(comparison: Comparison, metrics: Sequence[str] | None = None) ->
         '<p class="muted">No per-step metrics recorded by any completed run.</p>')
     notes = "".join(f"<li>{note}</li>" for note in _notes(comparison, figures))
     description = f'<p class="sub">{html.escape(comparison.description)}</p>' if comparison.description else ""
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="rlvr-lab compare">
-<title>{html.escape(title)}</title>
-<style>{CSS}{EXTRA_CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
+    return f"""{page_head(title, "compare", EXTRA_CSS)}
 <body data-figures="{len(figures.cards)}" data-conditions="{len(comparison.conditions)}" data-missing="{len(missing)}">
 <main>
 <header>

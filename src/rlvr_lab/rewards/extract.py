@@ -16,6 +16,7 @@ FALLBACKS: tuple[str, ...] = ("none", "last_number", "boxed", "last_line", "full
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER = re.compile(rf"(?:(?<![\w)])-)?(?:{_UNSIGNED})(?:/\d+)?")
 _BOXED = "\\boxed{"
+_BRACE = re.compile(r"[{}]")
 
 
 def check_fallback(fallback: str) -> None:
@@ -46,9 +47,22 @@ def extract_answer(text: str, *, tag: str = "answer", fallback: str = "none") ->
 
 
 def tagged_contents(text: str, tag: str) -> list[str]:
-    """Raw contents of every ``<tag>...</tag>`` block in ``text``, in order (non-greedy, across lines)."""
-    name = re.escape(tag)
-    return re.findall(rf"<{name}>(.*?)</{name}>", text, flags=re.DOTALL)
+    """Raw contents of every ``<tag>...</tag>`` block in ``text``, in order (non-greedy, across lines).
+
+    The same blocks as ``re.findall(r"<tag>(.*?)</tag>", text, re.DOTALL)``, found in linear time: that
+    regex rescans the rest of the text from every unclosed ``<tag>`` (16 s for 100 kB of ``<answer>``).
+    """
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    blocks = []
+    start = text.find(opening)
+    while start != -1:
+        begin = start + len(opening)
+        end = text.find(closing, begin)
+        if end == -1:  # no later opening tag has a close either
+            break
+        blocks.append(text[begin:end])
+        start = text.find(opening, end + len(closing))
+    return blocks
 
 
 def last_number(text: str) -> str | None:
@@ -58,27 +72,38 @@ def last_number(text: str) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Stripped content of the last ``\\boxed{...}`` whose braces close, or None."""
+    """Stripped content of the last ``\\boxed{...}`` whose braces close, or None.
+
+    One pass pairs every brace (a scan from each unclosed ``\\boxed{`` to the end of the text was
+    quadratic: minutes for 100 kB of ``\\boxed{``).
+    """
+    first = text.find(_BOXED)
+    if first == -1:
+        return None
+    closes = _closing_braces(text, first)
     start = text.rfind(_BOXED)
     while start != -1:
-        content = _balanced_content(text, start + len(_BOXED))
-        if content is not None:
-            return content.strip()
+        brace = start + len(_BOXED) - 1
+        if brace in closes:
+            return text[brace + 1 : closes[brace]].strip()
         start = text.rfind(_BOXED, 0, start)
     return None
 
 
-def _balanced_content(text: str, begin: int) -> str | None:
-    """Text from ``begin`` up to the brace that closes the one just before it, or None if unclosed."""
-    depth = 1
-    for i in range(begin, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:i]
-    return None
+def _closing_braces(text: str, begin: int) -> dict[int, int]:
+    """``{index of "{": index of the "}" that closes it}`` for the braces from ``begin`` on; unclosed ones are absent.
+
+    A ``}`` with no open brace before it closes nothing, so each pair is the one a depth count started
+    at its ``{`` would find.
+    """
+    opened: list[int] = []
+    closes: dict[int, int] = {}
+    for match in _BRACE.finditer(text, begin):
+        if match.group() == "{":
+            opened.append(match.start())
+        elif opened:
+            closes[opened.pop()] = match.start()
+    return closes
 
 
 def _last_line(text: str) -> str | None:

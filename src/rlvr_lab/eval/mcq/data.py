@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlvr_lab.eval.mcq.templates import LETTERS
-from rlvr_lab.jsonl import json_object
+from rlvr_lab.jsonl import json_object, read_lines
 
 T = TypeVar("T")
 
@@ -105,8 +105,7 @@ def load_mcq(path: str | os.PathLike[str], *, limit: int | None = None) -> list[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"multiple-choice file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        return parse_mcq_lines(handle, where=str(path), limit=limit)
+    return parse_mcq_lines(read_lines(path, error=MCQDataError), where=str(path), limit=limit)
 
 
 def parse_mcq_lines(lines: Iterable[str], *, where: str = "<lines>", limit: int | None = None) -> list[MCQuestion]:
@@ -139,7 +138,7 @@ def mcq_from_row(row: dict[str, Any], *, default_id: str) -> MCQuestion:
             raise MCQDataError(f"missing field {name!r} (fields present: {sorted(row)})")
     question = row["question"]
     if not isinstance(question, str) or not question.strip():
-        raise MCQDataError(f"field 'question' must be a non-empty string, got {question!r}")
+        raise MCQDataError(f"field 'question' must be a non-empty string, got {question!r:.80}")
     choices = row["choices"]
     if not isinstance(choices, list):
         raise MCQDataError(f"field 'choices' must be a list of strings, got {type(choices).__name__}")
@@ -147,11 +146,11 @@ def mcq_from_row(row: dict[str, Any], *, default_id: str) -> MCQuestion:
         raise MCQDataError(f"field 'choices' needs at least 2 choices, got {len(choices)}")
     for index, choice in enumerate(choices):
         if not isinstance(choice, str) or not choice.strip():
-            raise MCQDataError(f"field 'choices' item {index} must be a non-empty string, got {choice!r}")
+            raise MCQDataError(f"field 'choices' item {index} must be a non-empty string, got {choice!r:.80}")
     answer = resolve_answer(row["answer"], choices)
     raw_id = row.get("id", default_id)
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-        raise MCQDataError(f"field 'id' must be a string or an int, got {raw_id!r}")
+        raise MCQDataError(f"field 'id' must be a string or an int, got {raw_id!r:.80}")
     metadata = {key: value for key, value in row.items() if key not in ("question", "choices", "answer", "id")}
     return MCQuestion(question=question, choices=tuple(choices), answer=answer, id=str(raw_id), metadata=metadata)
 
@@ -160,20 +159,20 @@ def resolve_answer(answer: Any, choices: Sequence[str]) -> int:
     """The gold index from an int index, a choice string (its first occurrence) or a letter ``"A"``..``"Z"``."""
     m = len(choices)
     if isinstance(answer, bool):
-        raise MCQDataError(f"field 'answer' must be an int index, a choice string or a letter, got {answer!r}")
+        raise MCQDataError(f"field 'answer' must be an int index, a choice string or a letter, got {answer!r:.80}")
     if isinstance(answer, int):
         if not 0 <= answer < m:
             raise MCQDataError(f"field 'answer' index {answer} is out of range for {m} choices (0 to {m - 1})")
         return answer
     if not isinstance(answer, str):
         raise MCQDataError(
-            f"field 'answer' must be an int index, a choice string or a letter, got {type(answer).__name__} {answer!r}"
+            f"field 'answer' must be an int index, a choice string or a letter, got {type(answer).__name__} {answer!r:.80}"
         )
     as_choice = choices.index(answer) if answer in choices else None
     as_letter = LETTERS.index(answer) if len(answer) == 1 and answer in LETTERS[:m] else None
     if as_choice is not None and as_letter is not None and as_choice != as_letter:
         raise MCQDataError(
-            f"field 'answer' {answer!r} is ambiguous: it is choice {as_choice} and the letter of choice {as_letter}; "
+            f"field 'answer' {answer!r:.80} is ambiguous: it is choice {as_choice} and the letter of choice {as_letter}; "
             "give the index instead"
         )
     if as_choice is not None:
@@ -181,7 +180,7 @@ def resolve_answer(answer: Any, choices: Sequence[str]) -> int:
     if as_letter is not None:
         return as_letter
     raise MCQDataError(
-        f"field 'answer' {answer!r} is neither one of the choices {list(choices)} nor a letter A to {LETTERS[m - 1]}"
+        f"field 'answer' {answer!r:.80} is neither one of the choices {list(choices)!r:.200} nor a letter A to {LETTERS[m - 1]}"
     )
 
 

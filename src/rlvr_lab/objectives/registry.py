@@ -254,7 +254,8 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self.names(), n=3)
+            close = difflib.get_close_matches(name, self.names(), n=3) or [
+                n for n in self.names() if name and (n.startswith(name) or name.startswith(n))][:3]
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(self.names())}"

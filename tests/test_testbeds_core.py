@@ -197,12 +197,16 @@ def test_cli_runs_hadamard_ce_small_end_to_end(tmp_path):
     result = CliRunner().invoke(app, ["testbed", "hadamard-ce", "--small", "--seeds", "0", "1", "--out", str(out),
                                       "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert "claim holds: hadamard/sv_ratio_drop" in result.output and "report:" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["small"] is True and summary["claim"]["holds"] is True
+    # two seeds: Student's t with 1 degree of freedom makes the interval wide, so the lab may call it inconclusive
+    verdict = summary["claim"]["verdict"]
+    assert verdict in ("holds", "inconclusive")
+    shown = "claim holds" if verdict == "holds" else "claim is inconclusive at this power"
+    assert f"{shown}: hadamard/sv_ratio_drop" in result.output and "report:" in result.output
     page = (out / "report.html").read_text()
     assert "Frozen singular vectors: off-diagonal of QᵀZQ" in page and 'data-figures="5"' in page
-    assert "QᵀZQ stays diagonal" in page and "Claim holds" in page
+    assert "QᵀZQ stays diagonal" in page and f'data-verdict="{verdict}"' in page
     seeds = {json.loads(line)["seed"] for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert seeds == {0, 1}
 
@@ -217,3 +221,14 @@ def test_cli_errors_exit_2(tmp_path, args, message):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
     assert result.exit_code == 2, result.output
     assert "testbed error" in result.output and message in " ".join(result.output.split())
+
+
+def test_a_claim_whose_interval_holds_the_threshold_is_inconclusive():
+    from rlvr_lab.testbeds.runner import claim_line, claim_verdict
+
+    base = {"metric": "gap", "measured": 0.31, "threshold": 0.2, "holds": True, "n_seeds": 3}
+    assert claim_verdict({**base, "interval": [0.25, 0.4]}) == "holds"
+    assert claim_verdict({**base, "interval": [-0.33, 0.94]}) == "inconclusive"
+    assert claim_verdict({**base, "holds": False, "measured": 0.1, "interval": [0.05, 0.15]}) == "does not hold"
+    assert claim_verdict({**base, "interval": None}) == "holds"  # one seed: the module's own verdict
+    assert claim_line({**base, "interval": [-0.33, 0.94]}).startswith("claim is inconclusive at this power")

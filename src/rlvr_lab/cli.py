@@ -618,7 +618,7 @@ def testbed(
         console.print(f"[bold red]testbed error[/]: {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     claim = summary["claim"]
-    colour = "green" if claim["holds"] else "red"
+    colour = {"holds": "green", "inconclusive": "yellow"}.get(claim["verdict"], "red")
     console.print(f"{escape(summary['testbed'])} (arXiv {escape(summary['paper'])}), seeds "
                   f"{', '.join(map(str, summary['seeds']))}, {summary['wall_s']:.1f}s", highlight=False, soft_wrap=True)
     console.print(f"[bold {colour}]{escape(claim_line(claim))}[/]", highlight=False, soft_wrap=True)

@@ -253,7 +253,7 @@ def run_testbed(name: str, overrides: Sequence[str] = (), seeds: Sequence[int] =
 
     claim = module.claim(results, params)
     check_claim(claim, name)
-    claim = jsonable({**claim, "n_seeds": len(seeds), "confidence": CONFIDENCE}, "claim")
+    claim = jsonable({**claim, "n_seeds": len(seeds), "confidence": CONFIDENCE, "verdict": claim_verdict(claim)}, "claim")
     summary = {
         "testbed": name, "paper": module.PAPER, "title": module.TITLE, "paper_claim": module.CLAIM, "small": small,
         "seeds": seeds, "claim": claim, "final": final_summary(results),
@@ -275,6 +275,7 @@ EXTRA_CSS = """
 .verdict .label { display: inline-block; font-weight: 650; font-size: 13px; border-radius: 999px; padding: 1px 10px;
                   margin-right: 10px; color: white; }
 .verdict.holds .label { background: #16a34a; } .verdict.fails .label { background: #dc2626; }
+.verdict.unsure { border-left-color: #d97706; } .verdict.unsure .label { background: #d97706; }
 .verdict .claim { font-size: 15px; font-weight: 600; }
 .verdict .numbers { font-variant-numeric: tabular-nums; margin: 8px 0 4px; font-size: 14px; }
 .verdict .detail { color: var(--muted); font-size: 13px; margin: 4px 0 0; }
@@ -292,23 +293,39 @@ def format_number(value: Any) -> str:
     return f"{value:.3e}"
 
 
+VERDICTS = {"holds": "Claim holds", "inconclusive": "Inconclusive at this power", "does not hold": "Claim does not hold"}
+
+
+def claim_verdict(claim: Mapping[str, Any]) -> str:
+    """The lab's reading of a module's claim: ``holds`` when its interval over seeds lies wholly on the side of
+    the threshold the module's verdict is on, ``inconclusive`` when the interval holds the threshold (the mean
+    alone decided the module's ``holds``), ``does not hold`` otherwise. One seed (no interval): the module's
+    own verdict."""
+    interval = claim.get("interval")
+    if interval and interval[0] is not None and interval[1] is not None and interval[0] <= claim["threshold"] <= interval[1]:
+        return "inconclusive"
+    return "holds" if claim["holds"] else "does not hold"
+
+
 def claim_line(claim: Mapping[str, Any]) -> str:
     """One line: the verdict, the measured value with its interval, and the threshold."""
     interval = claim.get("interval")
     spread = (f" [{format_number(interval[0])}, {format_number(interval[1])}]" if interval
               else " (one seed, no interval)")
-    verdict = "holds" if claim["holds"] else "does not hold"
+    verdict = claim.get("verdict") or claim_verdict(claim)
+    verdict = "is inconclusive at this power" if verdict == "inconclusive" else verdict
     return (f"claim {verdict}: {claim['metric']} = {format_number(claim['measured'])}{spread} vs threshold "
             f"{format_number(claim['threshold'])} ({claim.get('n_seeds', '?')} seeds, {CONFIDENCE:.0%} t interval)")
 
 
 def _verdict_html(module: ModuleType, claim: Mapping[str, Any]) -> str:
-    holds = bool(claim["holds"])
+    verdict = claim.get("verdict") or claim_verdict(claim)
+    css = {"holds": "holds", "inconclusive": "unsure", "does not hold": "fails"}[verdict]
     interval = claim.get("interval")
     spread = (f"[{format_number(interval[0])}, {format_number(interval[1])}] ({CONFIDENCE:.0%} t interval over "
               f"{claim.get('n_seeds')} seeds)" if interval else "(one seed: no interval)")
-    return (f'<section id="claim"><div class="verdict {"holds" if holds else "fails"}" data-holds="{str(holds).lower()}">'
-            f'<span class="label">{"Claim holds" if holds else "Claim does not hold"}</span>'
+    return (f'<section id="claim"><div class="verdict {css}" data-holds="{str(bool(claim["holds"])).lower()}" '
+            f'data-verdict="{verdict}"><span class="label">{VERDICTS[verdict]}</span>'
             f'<span class="claim">{html.escape(str(claim["text"]))}</span>'
             f'<div class="numbers">{html.escape(str(claim["metric"]))}: <b>{html.escape(format_number(claim["measured"]))}'
             f'</b> {html.escape(spread)} · threshold {html.escape(format_number(claim["threshold"]))}</div>'

@@ -261,3 +261,26 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_a_checkpoint(tmp_path, mo
     assert summary["status"].startswith("stopped at RL step 2: 2 consecutive steps with a non-finite")
     saved = load_file(str(Path(summary["nonfinite_checkpoint"]) / "model.safetensors"))
     assert all(torch.equal(saved[k], start[k]) for k in saved)  # the last good weights: never updated
+
+
+def test_tensorboard_continues_the_same_run_without_duplicated_steps(tmp_path):
+    """A resumed run drops the TensorBoard events written after its checkpoint (purge_step), so each RL step
+    appears once in the curves."""
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = small_run(tmp_path, steps=3, checkpoint_every=1)
+    trainer.cfg.observe.tensorboard = True
+    trainer.run()
+    run_dir = tmp_path / "resume"
+    # as a kill after step 3 but before its checkpoint leaves it
+    shutil.rmtree(run_dir / "checkpoints" / "step-3")
+    shutil.rmtree(run_dir / "checkpoints" / "final")
+    (run_dir / "summary.json").unlink()
+    cfg = load_config(run_dir / "config.yaml")
+    Trainer(cfg, resume_dir=run_dir).run()
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/mean")] == [1, 2, 3]

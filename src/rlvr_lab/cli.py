@@ -173,6 +173,14 @@ def train(
     cfg = _load(config, preset, overrides)
     if cfg.run.threads is None and os.environ.get("OMP_NUM_THREADS"):
         cfg.run.threads = int(os.environ["OMP_NUM_THREADS"])
+    if resume is not None:
+        from rlvr_lab.train.resume import completed_steps
+
+        done = completed_steps(resume)
+        if done is not None and done >= cfg.train.steps:  # e.g. killed after its summary was written
+            console.print(f"{resume} already completed {done} RL steps (train.steps={cfg.train.steps}): nothing to "
+                          "resume; raise train.steps to continue it")
+            raise typer.Exit(0)
     reporter = None if quiet else ConsoleReporter(console)
     trainer = Trainer(cfg, reporter=reporter, resume_dir=resume)
     try:

@@ -90,9 +90,10 @@ class TaskConfig(_Strict):
     )
     train_size: int = Field(10_000, ge=1, description="Training prompts (cycled).")
     eval_size: int = Field(200, ge=1, description="Held-out prompts (a different seed than training).")
-    min_train_questions: int = Field(
-        16, ge=1, description="Refuse to train when fewer distinct training questions than this remain after the "
-        "questions that also occur in the held-out set are removed (a small task space: see the start-up warning).")
+    min_train_questions: int | None = Field(
+        None, ge=1, description="Refuse to train when fewer distinct training questions than this remain after the "
+        "questions that also occur in the held-out set are removed (None: train.prompts_per_step, so that one step "
+        "never has to ask a question twice; a small task space also gets a start-up warning).")
     seed: int = Field(1, description="Dataset seed; the held-out split uses seed + 1_000_003.")
     instruction: str = Field(
         "",

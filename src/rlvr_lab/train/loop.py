@@ -200,8 +200,9 @@ class Trainer:
                      "distinct_left": distinct}
         numbers = (f"{dropped:,} of {len(self.train_task):,} training questions were dropped as duplicates of the "
                    f"{n_eval:,} held-out ones ({n_eval_distinct:,} distinct), leaving {distinct:,} distinct training questions")
-        if distinct < cfg.task.min_train_questions:
-            raise ValueError(f"{numbers}, fewer than task.min_train_questions={cfg.task.min_train_questions}: the "
+        floor = cfg.task.min_train_questions or cfg.train.prompts_per_step
+        if distinct < floor:
+            raise ValueError(f"{numbers}, fewer than task.min_train_questions={floor}: the "
                              f"task space of {cfg.task.name!r} is too small for this held-out set; use a larger task "
                              "space (task.config), fewer held-out questions (task.eval_size), or lower the floor")
         per_step = cfg.train.prompts_per_step

@@ -590,6 +590,27 @@ def _notes(runs: Sequence[RunLog], figures: ReportFigures) -> list[str]:
     return notes
 
 
+def add_band_traces(fig, x: Sequence, mean: Sequence[float], low: Sequence[float], high: Sequence[float],
+                    n: Sequence[int], *, name: str, group: str, colour: str, fill_alpha: float = 0.18,
+                    edge_names: tuple[str, str] = ("max", "min"), spread_word: str = "range",
+                    dash: str | None = None, width: float = 2) -> None:
+    """A mean line over a filled band from ``low`` to ``high`` (drawn only when some point has more than one
+    seed), hover showing the seed count and the band; ``name`` is already escaped for plotly. Shared by the
+    sweep comparison and the testbed reports."""
+    common = {"legendgroup": group, "meta": group, "x": list(x)}
+    if max(n) > 1:
+        edge = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False, "hoverinfo": "skip"}
+        fig.add_trace(go.Scatter(y=high, name=f"{name} {edge_names[0]}", **edge, **common))
+        fig.add_trace(go.Scatter(y=low, name=f"{name} {edge_names[1]}", fill="tonexty",
+                                 fillcolor=fade(colour, fill_alpha), **edge, **common))
+    line = {"color": colour, "width": width} if dash is None else {"color": colour, "dash": dash, "width": width}
+    fig.add_trace(go.Scatter(
+        y=mean, name=name, mode="lines+markers" if len(x) <= 60 else "lines", line=line,
+        marker={"size": 4, "color": colour}, customdata=list(zip(n, low, high)),
+        hovertemplate=f"{name}: %{{y:.4g}} (seeds %{{customdata[0]}}, {spread_word} %{{customdata[1]:.4g}} to "
+                      "%{customdata[2]:.4g})<extra></extra>", **common))
+
+
 def page_head(title: str, generator: str, extra_css: str = "") -> str:
     """The start of a self-contained page up to ``</head>``: the report's CSS (plus ``extra_css``) and
     plotly.js inline, so the page opens from disk with no network. Shared by the run report, the sweep

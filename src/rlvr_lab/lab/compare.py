@@ -43,12 +43,12 @@ from typing import Any
 import plotly.graph_objects as go
 
 from rlvr_lab.diagnostics.report import (
+    add_band_traces,
     PLOT_HEIGHT,
     RUN_COLOURS,
     Card,
     base_layout,
     card_html,
-    fade,
     page_head,
     phase_timeline,
     plotly_text,
@@ -532,20 +532,8 @@ def signal_figure(key: str, y_title: str, conditions: Sequence[Condition], colou
         band = band_over_seeds([signal_series(cell.run, key) for cell in condition.completed])
         if not band.steps:
             continue
-        colour, name = colours[condition.name], plotly_text(condition.name)
-        common = {"legendgroup": condition.name, "meta": condition.name, "x": band.steps}
-        if max(band.n) > 1:
-            edge = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False, "hoverinfo": "skip"}
-            fig.add_trace(go.Scatter(y=band.high, name=f"{name} max", **edge, **common))
-            fig.add_trace(go.Scatter(y=band.low, name=f"{name} min", fill="tonexty", fillcolor=fade(colour, 0.18),
-                                     **edge, **common))
-        fig.add_trace(go.Scatter(
-            y=band.mean, name=name, mode="lines+markers" if len(band.steps) <= 60 else "lines",
-            line={"color": colour, "width": 2}, marker={"size": 4, "color": colour},
-            customdata=list(zip(band.n, band.low, band.high)),
-            hovertemplate=f"{name}: %{{y:.4g}} (seeds %{{customdata[0]}}, range %{{customdata[1]:.4g}} to "
-                          "%{customdata[2]:.4g})<extra></extra>", **common,
-        ))
+        add_band_traces(fig, band.steps, band.mean, band.low, band.high, band.n, name=plotly_text(condition.name),
+                        group=condition.name, colour=colours[condition.name])
     layout = base_layout("RL step", "RL step %{x}")
     layout["yaxis"]["title"] = {"text": y_title}
     layout["hoverdistance"] = -1  # the nearest step anywhere on the plot: sweeps often log a few dozen steps

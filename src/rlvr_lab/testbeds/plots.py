@@ -21,7 +21,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from rlvr_lab.diagnostics.report import PLOT_HEIGHT, RUN_COLOURS, base_layout, fade, plotly_text
+from rlvr_lab.diagnostics.report import PLOT_HEIGHT, RUN_COLOURS, add_band_traces, base_layout, plotly_text
 from rlvr_lab.eval.intervals import CONFIDENCE, t_critical
 
 BANDS = ("minmax", "t")
@@ -125,19 +125,9 @@ def band_figure(lines: Sequence[Series], *, x_title: str, y_title: str, kind: st
             b.low[:] = [max(v, floor) for v in b.low]
         if not b.x:
             continue
-        name = plotly_text(line.name)
-        common = {"legendgroup": line.name, "meta": line.name, "x": b.x}
-        if max(b.n) > 1:
-            edge = {"mode": "lines", "line": {"width": 0, "color": colour}, "showlegend": False, "hoverinfo": "skip"}
-            fig.add_trace(go.Scatter(y=b.high, name=f"{name} high", **edge, **common))
-            fig.add_trace(go.Scatter(y=b.low, name=f"{name} low", fill="tonexty", fillcolor=fade(colour, 0.16),
-                                     **edge, **common))
-        fig.add_trace(go.Scatter(
-            y=b.mean, name=name, mode="lines+markers" if len(b.x) <= 60 else "lines",
-            line={"color": colour, "dash": line.dash, "width": line.width}, marker={"size": 4, "color": colour},
-            customdata=list(zip(b.n, b.low, b.high)),
-            hovertemplate=f"{name}: %{{y:.4g}} (seeds %{{customdata[0]}}, band %{{customdata[1]:.4g}} to "
-                          "%{customdata[2]:.4g})<extra></extra>", **common))
+        add_band_traces(fig, b.x, b.mean, b.low, b.high, b.n, name=plotly_text(line.name), group=line.name,
+                        colour=colour, fill_alpha=0.16, edge_names=("high", "low"), spread_word="band",
+                        dash=line.dash, width=line.width)
     layout = base_layout(x_title, x_title + " %{x}", height=height)
     layout["yaxis"]["title"] = {"text": y_title}
     if log_x:

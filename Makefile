@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 THREADS ?= 2
+# test workers (pytest-xdist); tests/conftest.py gives each an equal share of the cores
+WORKERS ?= 2
 
-.PHONY: venv demo test test-scale bench clean chromium
+.PHONY: venv demo test test-fast test-scale bench clean chromium
 
 venv: $(STAMP)
 
@@ -23,7 +25,11 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/rlvr train configs/demo.yaml
 
 test: $(STAMP) chromium test-scale
-	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=15
+
+# The inner loop: everything but the tests marked slow (learning runs, kill-and-resume, SmolLM2, browser).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow"
 
 # Scale-out engines (verl; later TRL) live in their own venv because verl pins an older transformers.
 # The constraints file keeps torch at the CPU build while the `scale` extra resolves.
@@ -40,7 +46,7 @@ $(SCALE_STAMP): pyproject.toml
 	touch $(SCALE_STAMP)
 
 test-scale: $(SCALE_STAMP)
-	OMP_NUM_THREADS=$(THREADS) $(SCALE_PY) -m pytest -q tests/integrations
+	OMP_NUM_THREADS=$(THREADS) $(SCALE_PY) -m pytest -q -n $(WORKERS) tests/integrations
 
 # Debian's Chromium, for the headless-browser test of the HTML report (tests/test_report_browser.py).
 # Installed only as root with apt-get; anywhere else (or if apt fails) the browser test skips itself.

@@ -12,6 +12,12 @@ and a generate run back to back), which bursts of machine noise move less than a
 
 Targets (engine tok/s over generate tok/s, at the full size): >= 2x on the tiny model, >= 1.2x on
 SmolLM2-135M. At the ``--quick`` size per-call overhead dominates, so its verdicts say little.
+
+The physical limit: the engine's decode steps are also counted in useful FLOPs (2 per weight of every
+linear layer, the output layer included, per token, plus 4 x layers x attention width x context length
+for the attention scores and the weighted sum) and divided by their measured time. That rate is printed
+as a fraction of the machine's matmul rate measured in the same run, with the same threads and the
+model's precision (a square ``torch.mm`` of ``MATMUL_N``, median of ``MATMUL_REPEATS``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ TARGETS = {"tiny": 2.0, "smollm2": 1.2}  # required engine / generate throughput
 QUICK = {"batch": 4, "new_tokens": 8, "repeats": 1, "models": ["tiny"]}
 # timed runs per side when --repeats is not given: the tiny model's runs take well under a second each
 DEFAULT_REPEATS = {"tiny": 9, "smollm2": 3}
+MATMUL_N, MATMUL_REPEATS = 2048, 5
 
 
 @dataclass
@@ -60,6 +67,33 @@ class TimeSplit:
     decode: float  # decode-step forwards, lm_head included
     lm_head: float | None  # the vocabulary projection inside decode steps (native backend only)
     other: float  # sampling, stop checks, batch compaction, output assembly
+    decode_steps: int  # decode-step calls in the run
+
+
+def matmul_flop_rate(dtype: torch.dtype, n: int = MATMUL_N, repeats: int = MATMUL_REPEATS) -> float:
+    """FLOP/s of an ``n x n`` by ``n x n`` ``torch.mm`` in ``dtype`` on this machine now (median of ``repeats``)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def decode_flops(model, prompt_lengths: Sequence[int], steps: int) -> float:
+    """Useful FLOPs of ``steps`` decode steps for prompts of these lengths: per row and step, 2 per linear
+    weight (projections, MLP, output layer) and 4 x layers x attention width x the attended context."""
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention_width = cfg.num_attention_heads * head_dim
+    total = 0.0
+    for length in prompt_lengths:
+        for t in range(steps):  # step t feeds new token t+1 at position length + t: it attends to length + t + 1
+            total += 2 * linear + 4 * cfg.num_hidden_layers * attention_width * (length + t + 1)
+    return total
 
 
 def log(message: str) -> None:
@@ -146,6 +180,7 @@ def time_split(engine: RolloutEngine, prompt_ids: list[list[int]], new_tokens: i
     """One extra, untimed engine run with the decoder's prefill, step (and lm_head) calls clocked."""
     decoder = engine.decoder
     spent = {"prefill": 0.0, "decode": 0.0, "lm_head": 0.0}
+    calls = {"prefill": 0, "decode": 0, "lm_head": 0}
     phase = [None]  # the clocked call in progress; lm_head is counted only inside decode steps
 
     def clocked(name: str, fn: Callable) -> Callable:
@@ -158,6 +193,7 @@ def time_split(engine: RolloutEngine, prompt_ids: list[list[int]], new_tokens: i
                 phase[0] = outer
                 if name != "lm_head" or outer == "decode":
                     spent[name] += time.perf_counter() - start
+                    calls[name] += 1
 
         return wrapper
 
@@ -180,6 +216,7 @@ def time_split(engine: RolloutEngine, prompt_ids: list[list[int]], new_tokens: i
         decode=spent["decode"],
         lm_head=spent["lm_head"] if has_lm_head else None,
         other=total - spent["prefill"] - spent["decode"],
+        decode_steps=calls["decode"],
     )
 
 
@@ -222,6 +259,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     engine_rate, generate_rate = expected / engine_s, expected / generate_s
     ratio = statistics.median(g.seconds / e.seconds for e, g in zip(engine_runs, generate_runs))
     lengths = [len(p) for p in prompt_ids]
+    split = time_split(engine, prompt_ids, args.new_tokens, args.seed)
+    dtype = next(model.parameters()).dtype
+    decode_rate = decode_flops(model, lengths, split.decode_steps) / split.decode
+    matmul_rate = matmul_flop_rate(dtype)
     return {
         "model": name,
         "source": MODEL_SOURCES[name],
@@ -237,7 +278,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         "ratio": ratio,
         "target": TARGETS[name],
         "passed": ratio >= TARGETS[name],
-        "time_split": asdict(time_split(engine, prompt_ids, args.new_tokens, args.seed)),
+        "time_split": asdict(split),
+        "dtype": str(dtype).removeprefix("torch."),
+        "decode_flop_s": decode_rate,
+        "matmul_flop_s": matmul_rate,
+        "decode_fraction_of_matmul": decode_rate / matmul_rate,
     }
 
 
@@ -265,6 +310,11 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
         parts.append(f"sampling and bookkeeping {s['other'] * 1e3:.1f} ms ({s['other'] / s['total']:.0%})")
         head = f"{r['model']} engine time split ({s['backend']}, one run, {s['total'] * 1e3:.1f} ms)"
         print(f"{head}: " + "; ".join(parts))
+    print()
+    for r in results:
+        print(f"{r['model']} decode steps: {r['decode_flop_s'] / 1e9:.1f} GFLOP/s useful, "
+              f"{r['decode_fraction_of_matmul']:.0%} of this machine's {r['dtype']} matmul rate "
+              f"({r['matmul_flop_s'] / 1e9:.1f} GFLOP/s, {MATMUL_N}x{MATMUL_N}, same threads, this run)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import _thread
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -261,6 +262,7 @@ def test_killed_cell_is_restarted_and_only_it(real_sweep, tmp_path, started):
     assert after[0]["seconds"] == manifest["cells"][0]["seconds"] and after[1]["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_cell_with_a_periodic_checkpoint_is_resumed_not_restarted(tmp_path):
     """With ``train.checkpoint_every`` set, an interrupted cell continues from its last checkpoint (``rlvr train
     --resume``) and ends with the same records as the run that was never interrupted."""
@@ -308,6 +310,8 @@ def test_failed_cell_is_marked_the_others_run_and_the_exit_code_says_so(tmp_path
 
 def test_interrupt_stops_running_cells_and_leaves_them_restartable(tmp_path, monkeypatch, fake_trainer):
     monkeypatch.setenv("FAKE_HANG", "1")
+    # interrupt_main() does nothing while SIGINT is ignored, as it is for a suite started in the background
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     spec, out = load_spec(write_spec(tmp_path)), tmp_path / "sweep"
     pid_files = [out / "runs" / "grpo" / f"seed{s}" / "pid" for s in (0, 1)]
 
@@ -318,8 +322,11 @@ def test_interrupt_stops_running_cells_and_leaves_them_restartable(tmp_path, mon
         _thread.interrupt_main()  # what Ctrl-C does
 
     threading.Thread(target=interrupt_when_both_run, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, out, parallel=2, threads=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, out, parallel=2, threads=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for pid_file in pid_files:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid_file.read_text()), 0)

@@ -65,7 +65,7 @@ def test_tiny_model_learns_to_search_and_answer(tmp_path):
     trajectories, GRPO on multi-turn search rollouts raises the share of responses that search and
     answer correctly (the reward is exact match, and the answer is only in the retrieved passage)."""
     cfg = load_config(CONFIGS / "search_tiny.yaml", overrides=[
-        f"run.output_dir={tmp_path}", "run.threads=2", "eval.enabled=false", "train.steps=14",
+        f"run.output_dir={tmp_path}", "run.threads=2", "eval.enabled=false", "train.steps=12",
         "train.prompts_per_step=128", "observe.report=false", "observe.tensorboard=false",
         # the sampler's log-probs as the old ones: no old-policy pass, a quarter of each step saved
         "train.old_logprobs=sampler",

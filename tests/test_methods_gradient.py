@@ -128,6 +128,7 @@ def test_every_preset_changes_the_update(tmp_path, mixed_rewards, grpo_gradient,
     assert d > MARGIN, f"{preset} gives GRPO's gradient (distance {d:.2g})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(NEUTRALISED))
 def test_off_policy_components_act_only_once_the_policy_moved(tmp_path, mixed_rewards, preset):
     neutral = NEUTRALISED[preset]

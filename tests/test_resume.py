@@ -81,6 +81,7 @@ def uninterrupted(config_file) -> Path:
     return out / "resume"
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(config_file, uninterrupted):
     """At least 10 SIGKILLs: at each named fault point (rollout, update, mid-checkpoint write, mid-line of
     metrics.jsonl) in several steps, including before the first checkpoint; then up to 3 at random moments."""

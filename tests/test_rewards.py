@@ -392,6 +392,7 @@ def _dies(text, example):
     return Score(1.0, correct=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not process_isolation_available(), reason="needs fork")
 def test_a_verifier_that_never_returns_leaves_no_thread_or_process_behind():
     """1,000 calls of a verifier that sleeps forever: each is a timeout Score, and afterwards this process has

@@ -188,7 +188,12 @@ def test_claim_reads_the_gap_where_low_diversity_gets_there():
 
 @pytest.mark.slow
 def test_claim_small_diversity_delays_id_recall():
-    """Spec A3.3 margin: when ID recall at D=1 reaches 0.8, ID recall at D=3 trails it by more than 0.2."""
+    """Spec A3.3 margin: when ID recall at D=1 reaches 0.8, ID recall at D=3 trails it by more than 0.2.
+
+    One seed, seed 0, at the reduced size. Over 8 seeds at full size the gap is 0.293 [0.107, 0.480]
+    (README, experiments/measurements/testbed_fact_streams_8seeds.json): its sign is established, the 0.2
+    margin is not, and seeds 1, 2 and 6 fall short of it. So this test checks that seed 0 still shows the
+    delay at the margin (a change that removes the delay fails it); it is not evidence for the margin."""
     results = [tb.run(tb.SMALL, 0)]
     verdict = tb.claim(results, tb.SMALL)
     assert verdict["holds"], verdict

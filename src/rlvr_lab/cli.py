@@ -457,10 +457,9 @@ def mcq(
     from rlvr_lab.eval.mcq.report import format_table, run_mcq
     from rlvr_lab.train.loop import pick_device
 
-    if threads:
-        import torch
+    from rlvr_lab.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         results = run_mcq(model, str(data) if data else None, formats=formats, shots=shots, seed=seed,
                           batch_size=batch_size, out_jsonl=out / "records.jsonl", max_questions=questions,
@@ -496,10 +495,9 @@ def detect(
     from rlvr_lab.analysis.detect import DetectSettings, run_detect
     from rlvr_lab.train.loop import pick_device
 
-    if threads:
-        import torch
+    from rlvr_lab.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
     bars = progress_bars(console)
 
     def progress(total: int):
@@ -544,10 +542,9 @@ def value(
     from rlvr_lab.analysis.value import ValueSettings, run_value
     from rlvr_lab.train.loop import pick_device
 
-    if threads:
-        import torch
+    from rlvr_lab.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
     bars = progress_bars(console)
 
     def progress(label: str, total: int):
@@ -606,10 +603,9 @@ def testbed(
 
     from rlvr_lab.testbeds.runner import claim_line, run_testbed
 
-    if threads:
-        import torch
+    from rlvr_lab.threads import set_threads
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
     plain = [o for o in overrides or [] if "=" not in o]
     bars = progress_bars(console)
 

@@ -157,13 +157,11 @@ class ModelEval:
 
 def load_engine(cfg: Config):
     """The rollout engine over ``cfg``'s model, loaded as the trainer loads it."""
-    import torch
-
     from rlvr_lab.models import load_model_and_tokenizer
+    from rlvr_lab.threads import set_threads
     from rlvr_lab.train.loop import make_engine, pick_device
 
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)
     loaded = load_model_and_tokenizer(cfg.model.source, tiny=cfg.model.tiny, dtype=cfg.model.dtype,
                                       device=pick_device(cfg.run.device), seed=cfg.run.seed)
     return make_engine(loaded.model, loaded.tokenizer, cfg.rollout)

@@ -29,6 +29,7 @@ from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
 from rlvr_lab.rollout.multiturn import MultiTurnGeneration
 from rlvr_lab.rollout.sampling import SamplingParams
+from rlvr_lab.threads import set_threads
 from rlvr_lab.train.batching import batch_from_generation, concat_batches
 from rlvr_lab.atomic import atomic_write_text
 from rlvr_lab.diagnostics.sinks import truncate_jsonl
@@ -136,8 +137,7 @@ class Trainer:
         for message in self.warnings:
             warnings.warn(message, stacklevel=2)
             self.report("warning", message=message)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        set_threads(cfg.run.threads)
         torch.manual_seed(cfg.run.seed)
         self.device = pick_device(cfg.run.device)
         resume_step = None

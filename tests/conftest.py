@@ -16,19 +16,14 @@ import os
 
 import pytest
 
+from rlvr_lab.threads import MAX_THREADS_ENV, available_cores, set_threads
+
 WORKERS = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
 if WORKERS:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    share = str(max(1, cores // int(WORKERS)))
-    os.environ["RLVR_LAB_MAX_THREADS"] = share
-    os.environ["OMP_NUM_THREADS"] = share
-    os.environ["MKL_NUM_THREADS"] = share
-    import torch
-
-    torch.set_num_threads(int(share))
+    share = str(max(1, available_cores() // int(WORKERS)))
+    for name in (MAX_THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = share
+    set_threads(None)  # under the cap just set
 
 # The longest tests of the suite (``pytest --durations``), started first under xdist.
 FIRST = (

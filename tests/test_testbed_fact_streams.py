@@ -1,15 +1,13 @@
 """Facts in a statistical stream (arXiv 2510.16096): generator invariants, recall and KL metrics on hand-built
 inputs, the testbed contract, and the claim that higher diversity delays in-distribution recall."""
 
-import json
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
+from testbed_contract import check_verdict_and_figures, contract_runs
 
-from rlvr_lab.testbeds import check_module, load_testbed
 from rlvr_lab.testbeds import fact_streams as tb
 
 TINY = {"n_facts": 16, "diversities": [1, 3], "steps": 4, "log_every": 2, "eval_size": 32, "width": 16, "heads": 2}
@@ -149,20 +147,11 @@ def test_designs_give_one_curve_per_level(design):
 
 
 def test_contract():
-    check_module(tb)
-    assert load_testbed(tb.NAME) is tb
-    assert tb.PAPER == "2510.16096" and set(tb.SMALL) <= set(tb.DEFAULTS)
-    results = [tb.run(TINY, seed) for seed in (0, 1)]
-    json.dumps(results)
+    results = contract_runs(tb, "2510.16096", TINY)
     for result in results:
         assert [(r["diversity"], r["step"]) for r in result["history"]] == [(d, s) for d in (1, 3) for s in (0, 2, 4)]
         assert all(isinstance(v, float) for v in result["final"].values())
-    verdict = tb.claim(results, TINY)
-    assert set(verdict) == {"text", "metric", "measured", "interval", "threshold", "holds", "detail"}
-    assert isinstance(verdict["holds"], bool)
-    json.dumps(verdict)
-    figs = tb.figures(results, TINY)
-    assert figs and all(isinstance(t, str) and isinstance(f, go.Figure) for t, f, *_ in figs)
+    check_verdict_and_figures(tb, results, TINY)
 
 
 def _fake(curves: dict[int, list[float]]) -> dict:

@@ -1,15 +1,13 @@
 """In-context Occam's razor (arXiv 2506.19351): exact Bayesian references on hand-computable cases, the in-context
 regressor's causality, the testbed contract, and the claim on the reduced configuration."""
 
-import json
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
 import torch
+from testbed_contract import check_verdict_and_figures, contract_runs
 
-from rlvr_lab.testbeds import check_module, load_testbed
 from rlvr_lab.testbeds import icl_occam as tb
 
 TINY = {"steps": 20, "eval_tasks": 40, "markov_sequences": 3, "markov_length": 32, "markov_every": 8}
@@ -125,11 +123,7 @@ def test_regressor_is_causal():
 
 
 def test_contract():
-    check_module(tb)
-    assert load_testbed(tb.NAME) is tb
-    assert tb.PAPER == "2506.19351" and set(tb.SMALL) <= set(tb.DEFAULTS)
-    results = [tb.run(TINY, seed) for seed in (0, 1)]
-    json.dumps(results)
+    results = contract_runs(tb, "2506.19351", TINY)
     for result in results:
         assert all(isinstance(r["step"], int) for r in result["history"])
         pairs = [r for r in result["history"] if "context_pairs" in r]
@@ -138,12 +132,7 @@ def test_contract():
         assert all(isinstance(v, float) for v in result["final"].values())
         # at sigma = 0 the simple class's posterior mean is exact on simple prompts once k >= d1
         assert pairs[1]["simple_mse/simple"] < 1e-10
-    verdict = tb.claim(results, TINY)
-    assert set(verdict) == {"text", "metric", "measured", "interval", "threshold", "holds", "detail"}
-    assert isinstance(verdict["holds"], bool)
-    json.dumps(verdict)
-    figs = tb.figures(results, TINY)
-    assert figs and all(isinstance(t, str) and isinstance(f, go.Figure) for t, f, *_ in figs)
+    check_verdict_and_figures(tb, results, TINY)
 
 
 def test_untrained_model_fails_the_claim():

@@ -1,14 +1,12 @@
 """Loss weighting in last-layer retraining (arXiv 2506.20025): the fit, the exact accuracies, the contract, and
 the claim that the best minority weight grows with gamma = d/n."""
 
-import json
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import pytest
+from testbed_contract import check_verdict_and_figures, contract_runs
 
-from rlvr_lab.testbeds import check_module, load_testbed
 from rlvr_lab.testbeds import llr_weighting as tb
 
 TINY = {"gammas": [0.02, 0.1], "reps": 2, "n_omegas": 5, "n": 100}
@@ -69,21 +67,13 @@ def test_sample_llr_shapes_and_means():
 
 
 def test_contract():
-    check_module(tb)
-    assert load_testbed(tb.NAME) is tb
-    assert tb.PAPER == "2506.20025" and set(tb.SMALL) <= set(tb.DEFAULTS)
-    results = [tb.run(TINY, seed) for seed in (0, 1)]
-    json.dumps(results)
+    results = contract_runs(tb, "2506.20025", TINY)
     for result in results:
         assert all(isinstance(r["step"], int) for r in result["history"])
         assert len(result["history"]) == 2 * TINY["n_omegas"]
         assert all(isinstance(v, float) for v in result["final"].values())
-    verdict = tb.claim(results, TINY)
-    assert set(verdict) == {"text", "metric", "measured", "interval", "threshold", "holds", "detail"}
-    assert isinstance(verdict["holds"], bool) and len(verdict["interval"]) == 2
-    json.dumps(verdict)
-    figs = tb.figures(results, TINY)
-    assert figs and all(isinstance(t, str) and isinstance(f, go.Figure) for t, f, *_ in figs)
+    verdict = check_verdict_and_figures(tb, results, TINY)
+    assert len(verdict["interval"]) == 2
 
 
 def _fake(stars: dict[float, float]) -> dict:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from rlvr_lab.config import ConfigError, dump_config, load_config
 from rlvr_lab.diagnostics import ALERT_LABELS
+from rlvr_lab.threads import set_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Reinforcement learning with verifiable rewards.")
 console = Console()
@@ -457,8 +458,6 @@ def mcq(
     from rlvr_lab.eval.mcq.report import format_table, run_mcq
     from rlvr_lab.train.loop import pick_device
 
-    from rlvr_lab.threads import set_threads
-
     set_threads(threads)
     try:
         results = run_mcq(model, str(data) if data else None, formats=formats, shots=shots, seed=seed,
@@ -494,8 +493,6 @@ def detect(
 
     from rlvr_lab.analysis.detect import DetectSettings, run_detect
     from rlvr_lab.train.loop import pick_device
-
-    from rlvr_lab.threads import set_threads
 
     set_threads(threads)
     bars = progress_bars(console)
@@ -541,8 +538,6 @@ def value(
 
     from rlvr_lab.analysis.value import ValueSettings, run_value
     from rlvr_lab.train.loop import pick_device
-
-    from rlvr_lab.threads import set_threads
 
     set_threads(threads)
     bars = progress_bars(console)
@@ -602,8 +597,6 @@ def testbed(
     from rich.markup import escape
 
     from rlvr_lab.testbeds.runner import claim_line, run_testbed
-
-    from rlvr_lab.threads import set_threads
 
     set_threads(threads)
     plain = [o for o in overrides or [] if "=" not in o]

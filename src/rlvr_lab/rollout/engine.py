@@ -68,6 +68,7 @@ class HFDecoder:
     def __init__(self, model):
         self.model = model
         self.cache_arg = cache_kwarg(model)
+        self.dtype = next(model.parameters()).dtype  # decodes the model as it is
 
     def new_cache(self, batch: int, max_len: int) -> _HFCache:
         return _HFCache(batch, max_len, self.model.device)
@@ -192,15 +193,22 @@ class RolloutEngine:
     decoder and cache (both decoders also take input vectors: ``step_embeds``).
     """
 
-    def __init__(self, model, tokenizer, *, backend: str = "auto", swireasoning=None):
+    def __init__(self, model, tokenizer, *, backend: str = "auto", swireasoning=None,
+                 dtype: torch.dtype | None = None):
         """``swireasoning``, a :class:`~rlvr_lab.rollout.swireasoning.SwirConfig`, makes every
-        :meth:`generate` call decode with SwiReasoning (arXiv 2510.05069) instead of plain sampling."""
+        :meth:`generate` call decode with SwiReasoning (arXiv 2510.05069) instead of plain sampling.
+        ``dtype`` decodes in another precision than the model's (bfloat16 for a float32 policy) on cast
+        copies of the weights; the model itself is not changed. It needs the native decoder."""
         if backend not in ("auto", "native", "hf"):
             raise ValueError(f"backend must be 'auto', 'native' or 'hf', got {backend!r}")
         self.model = model
         self.tokenizer = tokenizer
         use_native = backend == "native" or (backend == "auto" and native_supported(model))
-        self.decoder = NativeDecoder(model) if use_native else HFDecoder(model)
+        model_dtype = next(model.parameters()).dtype
+        if dtype is not None and dtype != model_dtype and not use_native:
+            raise ValueError(f"decoding a {model_dtype} model in {dtype} needs the native decoder (Llama-family "
+                             f"models, backend 'auto' or 'native'); this one runs on the generic path")
+        self.decoder = NativeDecoder(model, dtype=dtype) if use_native else HFDecoder(model)
         self.backend = "native" if use_native else "hf"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = eos_token_ids(model, tokenizer)

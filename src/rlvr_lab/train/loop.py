@@ -23,6 +23,7 @@ import torch
 from rlvr_lab.config import Config, RolloutConfig, dump_config
 from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
 from rlvr_lab.eval.passk import paired_difference
+from rlvr_lab.objectives.aggregate import masked_mean
 from rlvr_lab.models import load_model_and_tokenizer
 from rlvr_lab.objectives import informative_groups
 from rlvr_lab.rewards import summarize_scores
@@ -81,7 +82,8 @@ def make_engine(model, tokenizer, rollout: RolloutConfig) -> RolloutEngine:
         from rlvr_lab.rollout.swireasoning import SwirConfig
 
         swir = SwirConfig(**rollout.swireasoning.model_dump())
-    return RolloutEngine(model, tokenizer, backend=rollout.backend, swireasoning=swir)
+    dtype = None if rollout.dtype == "model" else getattr(torch, rollout.dtype)
+    return RolloutEngine(model, tokenizer, backend=rollout.backend, swireasoning=swir, dtype=dtype)
 
 
 def max_response_tokens(cfg: Config) -> int:
@@ -183,6 +185,7 @@ class Trainer:
             "train_questions_dropped_as_eval_duplicates": len(self.train_task) - len(self.train_indices),
             "distinct_train_questions": self.pool["distinct_left"],
             "rollout_backend": self.engine.backend,
+            "rollout_dtype": str(self.engine.decoder.dtype).removeprefix("torch."),
             "warnings": self.warnings,
         }
         if self.resume_state is not None:
@@ -521,6 +524,20 @@ class Trainer:
             ).logprobs
         return batch
 
+    def sampler_gap(self, batch: Batch) -> dict[str, float]:
+        """``rollout/sampler_logp_gap``: the mean absolute difference, per sampled token, between the log-prob
+        the sampler drew it with and the one the trainer recomputed for the old policy. Float rounding
+        (about 1e-6) when both run in the same precision; larger with ``rollout.dtype=bfloat16``. Only where
+        the two describe the same distribution: recomputed old log-probs, plain sampling from the full
+        tempered distribution (no top-k/top-p, no adaptive temperature, no SwiReasoning)."""
+        r = self.cfg.rollout
+        comparable = (self.cfg.train.old_logprobs == "recompute" and r.mode == "sample" and r.temperature > 0
+                      and r.top_k == 0 and r.top_p == 1.0 and r.adaptive_temperature is None)
+        if not comparable or batch.sampler_logprobs is None or batch.old_logprobs is None:
+            return {}
+        gap = (batch.sampler_logprobs.float() - batch.old_logprobs.float()).abs()
+        return {"rollout/sampler_logp_gap": float(masked_mean(gap, batch.loss_mask))}
+
     def old_pass(self, batch: Batch, temperature: float, mbs: int) -> None:
         """The old policy's log-probs, entropies and method extras, recomputed over the batch."""
         old_policy_pass(self.model, batch, self.methods, temperature=temperature, micro_batch_size=mbs,
@@ -639,6 +656,7 @@ class Trainer:
             record["policy/skipped_updates"] = 1.0
         else:
             batch = self.prepare(rollout.batch)
+            record.update(self.sampler_gap(batch))
             batch, adv_metrics = self.advantages(batch, step)
             record.update(adv_metrics)
             record.update(token_summary(batch, batch.extras.get("old_entropy")))

@@ -102,3 +102,12 @@ def test_http_retrieval_service_and_an_outage(tmp_path):
     n = 4 * 4  # prompts x group size
     for r in rl:  # every executed search failed, and was counted
         assert r["search/failed_searches"] == pytest.approx(r["search/valid_searches_mean"] * n)
+
+
+def test_bfloat16_multi_turn_rollouts_log_the_gap_on_sampled_tokens_only(tmp_path):
+    """rollout.dtype=bfloat16 under multi-turn search: the run completes, and the sampler-vs-trainer gap
+    is measured on the model's own tokens (forced observations carry no sampler log-prob)."""
+    summary, rl = run(tmp_path, "rollout.dtype=bfloat16", "eval.enabled=false")
+    assert summary["status"] == "completed" and summary["rollout_dtype"] == "bfloat16"
+    assert all(0 < r["rollout/sampler_logp_gap"] < 0.1 for r in rl), [r["rollout/sampler_logp_gap"] for r in rl]
+    assert any(r["state_tokens/coverage"] < 1 for r in rl)  # observations were forced into the responses

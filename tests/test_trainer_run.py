@@ -113,6 +113,18 @@ def test_bfloat16_rollouts_of_a_float32_policy_log_their_gap(tmp_path):
     assert all(1e-5 < g < 0.1 for g in gaps["bfloat16"]), gaps  # 4e-4 on this 32-wide model
 
 
+def test_bfloat16_rollouts_decode_swireasoning(tmp_path):
+    """SwiReasoning feeds soft embeddings (float32 mixtures of the policy's embedding rows) to the bf16
+    decoder; the run completes and logs no sampler gap (its log-probs were taken in soft contexts)."""
+    cfg = load_config(CONFIGS / "demo.yaml", overrides=FAST + [
+        f"run.output_dir={tmp_path}", "eval.enabled=false", "sft.steps=0", "rollout.dtype=bfloat16",
+        "rollout.mode=swireasoning"])
+    summary = Trainer(cfg).run()
+    rl = [r for r in read_metrics(summary["run_dir"]) if r["stage"] == "rl"]
+    assert summary["status"] == "completed" and len(rl) == 2
+    assert all("rollout/sampler_logp_gap" not in r for r in rl)
+
+
 def test_bfloat16_rollouts_refuse_sampler_old_logprobs():
     with pytest.raises(ValueError, match="rollout.dtype=bfloat16"):
         load_config(CONFIGS / "demo.yaml", overrides=["train.old_logprobs=sampler", "rollout.dtype=bfloat16"])

@@ -80,6 +80,33 @@ def test_chunked_logprobs_match_full_log_softmax_and_gradients(tok):
     assert torch.allclose(g1, g2, atol=1e-5)
 
 
+def test_only_valid_positions_are_scored_and_padding_gets_zero(tok, monkeypatch):
+    """``valid``: the output layer runs on the marked positions only (here 9 of 21, across chunk
+    edges); their log-probs, entropies and gradients equal the full computation's, the rest are 0."""
+    torch.manual_seed(1)
+    head = torch.nn.Linear(16, 50, bias=True)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    valid = torch.arange(7).expand(3, 7) < torch.tensor([[5], [1], [3]])  # right padding of three lengths
+    calls, linear = [], torch.nn.functional.linear
+
+    def counted(x, weight, bias=None):  # the output layer's rows, chunk by chunk
+        calls.append(x.shape[0])
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counted)
+    part = token_stats_from_hidden(hidden, head, targets, chunk_tokens=4, with_entropy=True, valid=valid)
+    assert calls == [4, 4, 1] and int(valid.sum()) == 9
+    monkeypatch.undo()
+    full = token_stats_from_hidden(hidden, head, targets, chunk_tokens=4, with_entropy=True)
+    for got, ref in ((part.logprobs, full.logprobs), (part.entropy, full.entropy)):
+        assert torch.allclose(got[valid], ref[valid], atol=1e-6)
+        assert torch.all(got[~valid] == 0) and torch.all(ref[~valid] != 0)
+    (g_part,) = torch.autograd.grad(part.logprobs[valid].sum(), hidden)
+    (g_full,) = torch.autograd.grad(full.logprobs[valid].sum(), hidden)
+    assert torch.allclose(g_part, g_full, atol=1e-6) and g_part[~valid].abs().sum() == 0
+
+
 def test_sequence_logprobs_ignore_left_padding(tok):
     model = build_tiny_model(SMALL, tok, seed=1)
     p, y = tok.encode("abc", add_special_tokens=False), tok.encode("xy", add_special_tokens=False)

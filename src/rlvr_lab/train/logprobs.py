@@ -62,8 +62,13 @@ def token_stats_from_hidden(
     with_entropy: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     chunk_fns: Mapping[str, ChunkFn] | None = None,
+    valid: torch.Tensor | None = None,
 ) -> TokenStats:
     """Log-probs of ``targets`` (B, T) from final hidden states ``hidden`` (B, T, d).
+
+    ``valid`` (B, T) bool marks the positions to score (a batch's right padding is not): the output
+    layer and its softmax run on those only, and every other position gets 0 in every returned tensor.
+    With a large vocabulary and responses of uneven length this skips much of the output layer's work.
 
     ``temperature`` divides the logits, matching a sampler that used that temperature.
     ``chunk_fns`` (name -> fn) are evaluated on each chunk's raw logits without gradient; their
@@ -74,17 +79,25 @@ def token_stats_from_hidden(
     B, T, d = hidden.shape
     flat_h = hidden.reshape(B * T, d)
     flat_y = targets.reshape(B * T)
+    rows = None  # the scored positions of the flat (B * T) layout, when not all are
+    if valid is not None and not bool(valid.all()):
+        rows = valid.reshape(B * T).nonzero().squeeze(1)
+        flat_h, flat_y = flat_h.index_select(0, rows), flat_y.index_select(0, rows)
+    n = flat_h.shape[0]
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     names = tuple(chunk_fns or {})
     fns = tuple((chunk_fns or {})[n] for n in names)
     if use_ckpt and fns:
         raise ValueError(f"chunk functions {names} run only in a no-grad pass")
     parts: list[tuple[torch.Tensor, ...]] = []
-    for lo in range(0, B * T, chunk_tokens):
+    for lo in range(0, n, chunk_tokens):
         args = (flat_h[lo : lo + chunk_tokens], lm_head.weight, lm_head.bias, flat_y[lo : lo + chunk_tokens],
                 temperature, with_entropy, fns)
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args))
-    columns = [torch.cat(col).view(B, T) for col in zip(*parts)] if parts else [hidden.new_zeros(B, T)] * (2 + len(fns))
+    columns = [torch.cat(col) for col in zip(*parts)] if parts else [hidden.new_zeros(n)] * (2 + len(fns))
+    if rows is not None:  # back to (B * T), 0 off the scored positions (differentiable in the scored ones)
+        columns = [c.new_zeros(B * T).index_put((rows,), c) for c in columns]
+    columns = [c.view(B, T) for c in columns]
     return TokenStats(
         logprobs=columns[0],
         entropy=columns[1] if with_entropy else None,
@@ -153,12 +166,14 @@ def sequence_token_stats(
         with_hidden: also return the detached (B, T, d) final hidden states (THR/NTHR scores).
         share_prompts: run each distinct prompt once (see :func:`response_hidden`).
     Returns:
-        :class:`TokenStats` with (B, T) tensors aligned with the response tokens.
+        :class:`TokenStats` with (B, T) tensors aligned with the response tokens, 0 at the responses'
+        right padding (the output layer does not run there).
     """
     hidden = response_hidden(model, input_ids, attention_mask, response_start, share_prompts=share_prompts)  # (B, T, d)
     stats = token_stats_from_hidden(
         hidden, model.get_output_embeddings(), input_ids[:, response_start:],
         temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens, chunk_fns=chunk_fns,
+        valid=attention_mask[:, response_start:].bool(),
     )
     if with_hidden:
         stats.hidden = hidden.detach()

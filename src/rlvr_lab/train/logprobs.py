@@ -67,8 +67,9 @@ def token_stats_from_hidden(
     """Log-probs of ``targets`` (B, T) from final hidden states ``hidden`` (B, T, d).
 
     ``valid`` (B, T) bool marks the positions to score (a batch's right padding is not): the output
-    layer and its softmax run on those only, and every other position gets 0 in every returned tensor.
-    With a large vocabulary and responses of uneven length this skips much of the output layer's work.
+    layer and its softmax run on those only, and every other position gets 0 in every returned tensor
+    (when none is valid, all are scored). With a large vocabulary and responses of uneven length this
+    skips much of the output layer's work.
 
     ``temperature`` divides the logits, matching a sampler that used that temperature.
     ``chunk_fns`` (name -> fn) are evaluated on each chunk's raw logits without gradient; their
@@ -80,7 +81,8 @@ def token_stats_from_hidden(
     flat_h = hidden.reshape(B * T, d)
     flat_y = targets.reshape(B * T)
     rows = None  # the scored positions of the flat (B * T) layout, when not all are
-    if valid is not None and not bool(valid.all()):
+    # (none valid: all positions, so that a loss over nothing still has a graph to go back through)
+    if valid is not None and bool(valid.any()) and not bool(valid.all()):
         rows = valid.reshape(B * T).nonzero().squeeze(1)
         flat_h, flat_y = flat_h.index_select(0, rows), flat_y.index_select(0, rows)
     n = flat_h.shape[0]

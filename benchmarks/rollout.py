@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is local; never
 import torch
 import transformers
 
-from machine import MATMUL_N, matmul_flop_rate  # benchmarks/machine.py, beside this script
+from machine import MATMUL_N, flop_shape, matmul_flop_rate  # benchmarks/machine.py, beside this script
 from rlvr_lab.models import load_model_and_tokenizer, render_prompt
 from rlvr_lab.rollout.engine import RolloutEngine, eos_token_ids
 from rlvr_lab.rollout.sampling import SamplingParams
@@ -79,14 +79,11 @@ class TimeSplit:
 def decode_flops(model, prompt_lengths: Sequence[int], steps: int) -> float:
     """Useful FLOPs of ``steps`` decode steps for prompts of these lengths: per row and step, 2 per linear
     weight (projections, MLP, output layer) and 4 x layers x attention width x the attended context."""
-    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    attention_width = cfg.num_attention_heads * head_dim
+    shape = flop_shape(model)
     total = 0.0
     for length in prompt_lengths:
         for t in range(steps):  # step t feeds new token t+1 at position length + t: it attends to length + t + 1
-            total += 2 * linear + 4 * cfg.num_hidden_layers * attention_width * (length + t + 1)
+            total += 2 * shape.linear_weights + 4 * shape.attention * (length + t + 1)
     return total
 
 

@@ -150,13 +150,11 @@ def set_up_trainer(args, run_dir: str, extra: tuple[str, ...] = ()):
 
 def update_flops(model, batch, epochs: int) -> float:
     """Useful FLOPs of ``epochs`` passes of forward and backward over ``batch`` (see the module docstring)."""
-    import torch
+    from machine import flop_shape  # benchmarks/machine.py, beside this script
 
-    head = model.get_output_embeddings().weight.numel()
-    body = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) - head
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim  # per token and position
+    shape = flop_shape(model)
+    head, body = shape.head_weights, shape.linear_weights - shape.head_weights
+    attention = 12 * shape.attention  # per token and position: forward 4, backward 8
     lp = batch.response_start
     prompt_len = batch.attention_mask[:, :lp].sum(-1).tolist()
     response_len = batch.attention_mask[:, lp:].sum(-1).tolist()

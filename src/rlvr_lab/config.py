@@ -180,6 +180,14 @@ class RolloutConfig(_Strict):
                              "SwiReasoning samples at the fixed rollout.temperature")
         return self
 
+    def distribution_filters(self) -> list[tuple[str, Any, Any]]:
+        """``(key, value, off)`` for each setting that makes the sampler draw from other than the full
+        tempered distribution (top-k, top-p, an adaptive temperature): its log-probs then differ from the
+        ones the trainer recomputes for the same tokens."""
+        settings = (("rollout.top_k", self.top_k, 0), ("rollout.top_p", self.top_p, 1.0),
+                    ("rollout.adaptive_temperature", self.adaptive_temperature, None))
+        return [(key, value, off) for key, value, off in settings if value != off]
+
     def swireasoning_conflict(self, *, search_enabled: bool, old_logprobs: str) -> str | None:
         """Why ``mode=swireasoning`` cannot run with the rest of the config (None when it can)."""
         if self.mode != "swireasoning":
@@ -666,12 +674,12 @@ class Config(_Strict):
         if self.train.old_logprobs == "sampler":
             # the sampler's log-probs are those of the distribution it drew from: the same as the
             # recomputed ones only when that is the full tempered distribution the loss uses
-            for key, value, off in (("rollout.top_k", r.top_k, 0), ("rollout.top_p", r.top_p, 1.0),
-                                    ("rollout.adaptive_temperature", r.adaptive_temperature, None)):
-                if value != off:
-                    raise ValueError(f"train.old_logprobs=sampler needs {key}={off} (got {value!r}): the sampler's "
-                                     "log-probs would be of a filtered or per-token-tempered distribution; "
-                                     "use train.old_logprobs=recompute")
+            filters = r.distribution_filters()
+            if filters:
+                key, value, off = filters[0]
+                raise ValueError(f"train.old_logprobs=sampler needs {key}={off} (got {value!r}): the sampler's "
+                                 "log-probs would be of a filtered or per-token-tempered distribution; "
+                                 "use train.old_logprobs=recompute")
             if r.dtype not in ("model", self.model.dtype):
                 raise ValueError(f"train.old_logprobs=sampler cannot take rollout.dtype={r.dtype} with model.dtype="
                                  f"{self.model.dtype}: the old policy's log-probs would come from the {r.dtype} "

@@ -139,6 +139,11 @@ class _Linear:
         return residual + self(x)
 
 
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype`` (itself when it already is; None stays None)."""
+    return None if t is None else t.to(dtype)
+
+
 def _bias_or_zeros(proj) -> torch.Tensor:
     return proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
 
@@ -171,12 +176,10 @@ class _LayerWeights:
         self.n_kv, self.rep, self.head_dim = n_kv, rep, head_dim
         self.interleave = interleave  # NativeDecoder allows it only with fuse (complex_rope)
         self.scale = head_dim**-0.5
-        dtype = dtype or layer.input_layernorm.weight.dtype
-        if not fuse and dtype != attn.o_proj.weight.dtype:
-            raise ValueError("a decode dtype other than the model's needs fused (copied) weights")
+        dtype = dtype or layer.input_layernorm.weight.dtype  # another than the model's: NativeDecoder fuses
 
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(dtype)
+            return _cast(t, dtype)
 
         in_norm, post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
         fold = fuse and fold_norms
@@ -321,8 +324,7 @@ class NativeDecoder:
             self.head_norm = None if self.fold_norms else self.final_norm.to(self.dtype)  # None: folded into the head
             if self.fold_norms:
                 head = head * (self.final_norm * self.embed.shape[1] ** 0.5)
-            bias = self.lm_head.bias
-            self.head = _Linear(head.to(self.dtype), None if bias is None else bias.to(self.dtype), pack_rows)
+            self.head = _Linear(head.to(self.dtype), _cast(self.lm_head.bias, self.dtype), pack_rows)
             self.rope_table = self._rope_table(max_len)
         return KVCache(len(self.layers), batch, self.n_kv, max_len, self.head_dim, self.cache_dtype, self.embed.device)
 

@@ -85,18 +85,18 @@ def token_stats_from_hidden(
     if valid is not None and bool(valid.any()) and not bool(valid.all()):
         rows = valid.reshape(B * T).nonzero().squeeze(1)
         flat_h, flat_y = flat_h.index_select(0, rows), flat_y.index_select(0, rows)
-    n = flat_h.shape[0]
+    n_scored = flat_h.shape[0]
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     names = tuple(chunk_fns or {})
     fns = tuple((chunk_fns or {})[n] for n in names)
     if use_ckpt and fns:
         raise ValueError(f"chunk functions {names} run only in a no-grad pass")
     parts: list[tuple[torch.Tensor, ...]] = []
-    for lo in range(0, n, chunk_tokens):
+    for lo in range(0, n_scored, chunk_tokens):
         args = (flat_h[lo : lo + chunk_tokens], lm_head.weight, lm_head.bias, flat_y[lo : lo + chunk_tokens],
                 temperature, with_entropy, fns)
         parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False) if use_ckpt else _chunk_stats(*args))
-    columns = [torch.cat(col) for col in zip(*parts)] if parts else [hidden.new_zeros(n)] * (2 + len(fns))
+    columns = [torch.cat(col) for col in zip(*parts)] if parts else [hidden.new_zeros(n_scored)] * (2 + len(fns))
     if rows is not None:  # back to (B * T), 0 off the scored positions (differentiable in the scored ones)
         columns = [c.new_zeros(B * T).index_put((rows,), c) for c in columns]
     columns = [c.view(B, T) for c in columns]

@@ -24,7 +24,7 @@ from rlvr_lab.config import Config, RolloutConfig, dump_config
 from rlvr_lab.eval.evaluate import PER_PROMPT, evaluate
 from rlvr_lab.eval.passk import paired_difference
 from rlvr_lab.objectives.aggregate import masked_mean
-from rlvr_lab.models import load_model_and_tokenizer
+from rlvr_lab.models import DTYPES, load_model_and_tokenizer
 from rlvr_lab.objectives import informative_groups
 from rlvr_lab.rewards import summarize_scores
 from rlvr_lab.rollout.engine import RolloutEngine
@@ -82,7 +82,7 @@ def make_engine(model, tokenizer, rollout: RolloutConfig) -> RolloutEngine:
         from rlvr_lab.rollout.swireasoning import SwirConfig
 
         swir = SwirConfig(**rollout.swireasoning.model_dump())
-    dtype = None if rollout.dtype == "model" else getattr(torch, rollout.dtype)
+    dtype = None if rollout.dtype == "model" else DTYPES[rollout.dtype]
     return RolloutEngine(model, tokenizer, backend=rollout.backend, swireasoning=swir, dtype=dtype)
 
 
@@ -532,7 +532,7 @@ class Trainer:
         tempered distribution (no top-k/top-p, no adaptive temperature, no SwiReasoning)."""
         r = self.cfg.rollout
         comparable = (self.cfg.train.old_logprobs == "recompute" and r.mode == "sample" and r.temperature > 0
-                      and r.top_k == 0 and r.top_p == 1.0 and r.adaptive_temperature is None)
+                      and not r.distribution_filters())
         if not comparable or batch.sampler_logprobs is None or batch.old_logprobs is None:
             return {}
         gap = (batch.sampler_logprobs.float() - batch.old_logprobs.float()).abs()
